@@ -1,0 +1,20 @@
+// Batch narrowing and widening over the nested values a module passes around.
+//
+//   PyObject* mine = narrow_value(output, slot, batch);        // views of my rows
+//   PyObject* full = widen_value(output, assigned, slot, batch); // my rows replaced
+//
+// Recurses through tuple, list, dict, namedtuple and dict-like model outputs
+// (transformers' ModelOutput); leaves that are not batched tensors pass through.
+// Both return new references, or nullptr with a Python error set.
+#pragma once
+
+#include <Python.h>
+
+#include "dispatcher.h"
+
+namespace nnsight_fast {
+
+PyObject* narrow_value(PyObject* value, const MediatorSlot& slot, int64_t batch_size);
+PyObject* widen_value(PyObject* full, PyObject* part, const MediatorSlot& slot, int64_t batch_size);
+
+}  // namespace nnsight_fast

@@ -1,0 +1,131 @@
+// The Python face of the native core: `nnsight_fast._native`.
+//
+//   d = _native.Dispatcher(); loc = d.intern("model.fc1.output")
+//   module.__dict__["forward"] = _native.make_gate(module.forward, d, in_loc, out_loc)
+//   trace = _native.Trace(d); trace.add_mediator(channel, 0, -1); trace.activate()
+//
+// The only translation unit that includes pybind11; the logic lives in the other files.
+#include <torch/csrc/utils/pybind.h>
+
+#include <memory>
+
+#include "channel.h"
+#include "dispatcher.h"
+#include "gate.h"
+#include "save_mount.h"
+
+namespace py = pybind11;
+using namespace nnsight_fast;
+
+namespace {
+
+// A TraceState plus what Python needs around it: the channels it hands values to
+// (kept alive here) and the trace that was active before it on this thread.
+struct Trace {
+  explicit Trace(Dispatcher* dispatcher) : state(dispatcher) {}
+  TraceState state;
+  std::vector<py::object> channels;
+  TraceState* previous = nullptr;
+  bool active = false;
+};
+
+py::object steal_or_throw(PyObject* value) {
+  if (value == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
+  m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
+
+  if (!add_gate_type(m.ptr())) throw py::error_already_set();
+
+  py::class_<Dispatcher>(m, "Dispatcher")
+      .def(py::init<>())
+      .def("intern", &Dispatcher::intern, "The location id of a name (created on first use).")
+      .def("name", &Dispatcher::name)
+      .def("__len__", &Dispatcher::size);
+
+  m.def(
+      "make_gate",
+      [](py::object forward, py::object dispatcher, int input_location, int output_location) {
+        auto* native = dispatcher.cast<Dispatcher*>();
+        return steal_or_throw(new_gate(forward.ptr(), dispatcher.ptr(), native, input_location, output_location));
+      },
+      "A Gate to install as `module.forward`.");
+  m.def("is_gate", [](py::handle object) { return is_gate(object.ptr()); });
+
+  py::enum_<Outcome>(m, "Outcome")
+      .value("Parked", Outcome::Parked)
+      .value("Finished", Outcome::Finished)
+      .value("Failed", Outcome::Failed);
+
+  py::class_<Channel>(m, "Channel")
+      .def(py::init<>())
+      .def("start", [](Channel& c, py::object job) { return c.start(job.ptr()); })
+      .def("serve", [](Channel& c, py::object value) { return c.serve(value.ptr()); })
+      .def("cancel", &Channel::cancel)
+      .def("stop", &Channel::stop)
+      .def_property_readonly("busy", &Channel::busy)
+      .def("next_job", [](Channel& c) { return steal_or_throw(c.next_job()); })
+      .def("park", [](Channel& c) { return steal_or_throw(c.park()); })
+      .def("finish", &Channel::finish)
+      .def("set_swap", [](Channel& c, py::object value) { c.set_swap(value.ptr()); })
+      .def("set_skip", [](Channel& c, py::object value) { c.set_skip(value.ptr()); })
+      .def("take_swap", [](Channel& c) {
+        PyObject* swap = c.take_swap();
+        return swap ? py::reinterpret_steal<py::object>(swap) : py::none();
+      });
+
+  py::class_<Trace>(m, "Trace")
+      .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
+      .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
+      .def("park", [](Trace& t, int location, int mediator, int64_t occurrence) {
+        t.state.park(location, mediator, occurrence);
+      })
+      .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
+      .def("parked", [](Trace& t) { return t.state.parked(); })
+      .def("observe", [](Trace& t, int location, bool on) { t.state.observe(location, on); })
+      .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
+      .def("add_mediator",
+           [](Trace& t, py::object channel, int64_t row_start, int64_t row_count) {
+             auto* native = channel.cast<Channel*>();
+             t.channels.push_back(channel);
+             return t.state.add_mediator(MediatorSlot{native, row_start, row_count});
+           })
+      .def("reset_visits", [](Trace& t) { t.state.reset_visits(); })
+      .def("activate",
+           [](Trace& t) {
+             if (t.active) throw py::value_error("this trace is already running");
+             t.previous = set_active_trace(&t.state);
+             t.active = true;
+           })
+      .def("deactivate",
+           [](Trace& t) {
+             if (!t.active) return;
+             set_active_trace(t.previous);
+             t.previous = nullptr;
+             t.active = false;
+           })
+      .def_property_readonly("active", [](Trace& t) { return t.active; })
+      .def(
+          "serve",
+          [](Trace& t, int location, py::object value) {
+            const int64_t occurrence = t.state.visit(location);
+            if (!t.state.wanted(location)) return value;
+            return steal_or_throw(serve_location(&t.state, location, occurrence, value.ptr(), nullptr));
+          },
+          "The model reached a location that is not a module call (e.g. the traced call's result).");
+
+  m.def("has_active_trace", [] { return active_trace() != nullptr; },
+        "True when this thread is running a trace.");
+  m.def("set_exception_types", [](py::object abort, py::object cancelled) {
+    set_abort_type(abort.ptr());
+    set_cancelled_type(cancelled.ptr());
+  });
+  m.def("mount_on_object", [](const std::string& name, py::object function) {
+    if (!mount_on_object(name.c_str(), function.ptr())) throw py::error_already_set();
+  });
+}

@@ -1,0 +1,105 @@
+#include "dispatcher.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <tuple>
+
+namespace nnsight_fast {
+
+namespace {
+thread_local TraceState* tls_active_trace = nullptr;
+}
+
+int Dispatcher::intern(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = ids_.find(name);
+  if (it != ids_.end()) return it->second;
+  const int id = static_cast<int>(names_.size());
+  names_.push_back(name);
+  ids_.emplace(name, id);
+  return id;
+}
+
+std::string Dispatcher::name(int location) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (location < 0 || static_cast<size_t>(location) >= names_.size())
+    throw std::out_of_range("unknown location id " + std::to_string(location));
+  return names_[location];
+}
+
+int Dispatcher::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int>(names_.size());
+}
+
+void TraceState::grow(int location) {
+  const size_t size = std::max<size_t>(static_cast<size_t>(location) + 1, dispatcher_->size());
+  if (visit_counts_.size() < size) visit_counts_.resize(size, 0);
+  if (wanted_.size() < size) wanted_.resize(size, 0);
+}
+
+void TraceState::park(int location, int mediator, int64_t occurrence) {
+  if (static_cast<size_t>(location) >= wanted_.size()) grow(location);
+  parked_[location].push_back(ParkedRequest{mediator, occurrence});
+  ++wanted_[location];
+}
+
+void TraceState::unpark(int mediator) {
+  for (auto& [location, requests] : parked_) {
+    const auto before = requests.size();
+    requests.erase(std::remove_if(requests.begin(), requests.end(),
+                                  [&](const ParkedRequest& r) { return r.mediator == mediator; }),
+                   requests.end());
+    wanted_[location] -= static_cast<uint32_t>(before - requests.size());
+  }
+}
+
+void TraceState::take(int location, int64_t occurrence, std::vector<int>& ready) {
+  ready.clear();
+  auto it = parked_.find(location);
+  if (it == parked_.end()) return;
+  auto& requests = it->second;
+  for (auto r = requests.begin(); r != requests.end();) {
+    if (r->occurrence == occurrence) {
+      ready.push_back(r->mediator);
+      r = requests.erase(r);
+      --wanted_[location];
+    } else {
+      ++r;
+    }
+  }
+  std::sort(ready.begin(), ready.end());
+}
+
+std::vector<std::tuple<int, int, int64_t>> TraceState::parked() const {
+  std::vector<std::tuple<int, int, int64_t>> out;
+  for (const auto& [location, requests] : parked_)
+    for (const auto& r : requests) out.emplace_back(location, r.mediator, r.occurrence);
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return std::get<1>(a) < std::get<1>(b); });
+  return out;
+}
+
+void TraceState::observe(int location, bool on) {
+  if (static_cast<size_t>(location) >= wanted_.size()) grow(location);
+  if (on) {
+    ++wanted_[location];
+  } else if (wanted_[location] > 0) {
+    --wanted_[location];
+  }
+}
+
+void TraceState::reset_visits() { std::fill(visit_counts_.begin(), visit_counts_.end(), 0); }
+
+TraceState* active_trace() { return tls_active_trace; }
+
+TraceState* set_active_trace(TraceState* trace) {
+  TraceState* previous = tls_active_trace;
+  tls_active_trace = trace;
+  return previous;
+}
+
+ActiveTrace::ActiveTrace(TraceState* trace) : previous_(set_active_trace(trace)) {}
+ActiveTrace::~ActiveTrace() { set_active_trace(previous_); }
+
+}  // namespace nnsight_fast

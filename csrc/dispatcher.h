@@ -1,0 +1,131 @@
+// Dispatcher and TraceState: where the model is, and who waits for what.
+//
+//   Dispatcher d;                               // one per wrapped root model
+//   int out = d.intern("model.layer1.output");  // a location: a small integer
+//   TraceState t(&d);                           // one per running trace
+//   t.park(out, /*mediator=*/0, /*occurrence=*/0);
+//   ActiveTrace scope(&t);                      // this thread now runs `t`
+//   int64_t k = t.visit(out);                   // the model reached `out` (k-th time)
+//   if (t.wanted(out)) t.take(out, k, ready);   // mediators parked there, in order
+//
+// Plain C++: no Python. Locations are interned once and never removed; a trace
+// counts visits per location and holds the parked requests. Only one thread of a
+// trace runs at a time (the baton), so a TraceState needs no lock; interning does.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace nnsight_fast {
+
+class Dispatcher {
+ public:
+  // The id of `name`, created on first use.
+  int intern(const std::string& name);
+  // The name of a location id.
+  std::string name(int location) const;
+  int size() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, int> ids_;
+  std::vector<std::string> names_;
+};
+
+// A mediator of the trace. An input invoke owns rows [row_start, row_start + row_count)
+// of the batch; row_count < 0 means it sees the whole batch. `channel` is the
+// handoff to its worker (opaque here: a Channel, owned by the Python side).
+struct MediatorSlot {
+  void* channel = nullptr;
+  int64_t row_start = 0;
+  int64_t row_count = -1;
+};
+
+struct ParkedRequest {
+  int mediator;
+  int64_t occurrence;
+};
+
+class TraceState {
+ public:
+  explicit TraceState(const Dispatcher* dispatcher) : dispatcher_(dispatcher) {}
+
+  const Dispatcher* dispatcher() const { return dispatcher_; }
+
+  // The model reached `location`: returns the occurrence index of this visit.
+  int64_t visit(int location) {
+    if (static_cast<size_t>(location) >= visit_counts_.size()) grow(location);
+    return visit_counts_[location]++;
+  }
+  // True when some mediator or observer waits at `location`.
+  bool wanted(int location) const {
+    return static_cast<size_t>(location) < wanted_.size() && wanted_[location] != 0;
+  }
+  // How many times the model has reached `location` in this trace.
+  int64_t visits(int location) const {
+    return static_cast<size_t>(location) < visit_counts_.size() ? visit_counts_[location] : 0;
+  }
+
+  void park(int location, int mediator, int64_t occurrence);
+  // Removes every parked request of `mediator`.
+  void unpark(int mediator);
+  // Moves the mediators parked at (location, occurrence) into `ready`, in mediator order.
+  void take(int location, int64_t occurrence, std::vector<int>& ready);
+  // All parked requests as (location, mediator, occurrence).
+  std::vector<std::tuple<int, int, int64_t>> parked() const;
+
+  // Observers (cache, hook handlers) want every visit of a location.
+  void observe(int location, bool on);
+
+  // Batch layout: set once per trace, before the model runs.
+  void set_batch(int64_t batch_size, int input_invokes) {
+    batch_size_ = batch_size;
+    input_invokes_ = input_invokes;
+  }
+  int64_t batch_size() const { return batch_size_; }
+  // Values are narrowed only when two or more input invokes share the batch.
+  bool narrows() const { return input_invokes_ >= 2 && batch_size_ > 0; }
+  int add_mediator(MediatorSlot slot) {
+    mediators_.push_back(slot);
+    return static_cast<int>(mediators_.size()) - 1;
+  }
+  const MediatorSlot& mediator(int index) const { return mediators_[index]; }
+  int mediator_count() const { return static_cast<int>(mediators_.size()); }
+
+  // Clears visit counts (a new forward pass of the same trace, e.g. a session step).
+  void reset_visits();
+
+ private:
+  void grow(int location);
+
+  const Dispatcher* dispatcher_;
+  std::vector<int64_t> visit_counts_;
+  std::vector<uint32_t> wanted_;
+  std::unordered_map<int, std::vector<ParkedRequest>> parked_;
+  std::vector<MediatorSlot> mediators_;
+  int64_t batch_size_ = -1;
+  int input_invokes_ = 0;
+};
+
+// The trace the current thread is running, if any (one per model thread).
+TraceState* active_trace();
+
+// Makes `trace` this thread's active trace for the scope's lifetime.
+class ActiveTrace {
+ public:
+  explicit ActiveTrace(TraceState* trace);
+  ~ActiveTrace();
+  ActiveTrace(const ActiveTrace&) = delete;
+  ActiveTrace& operator=(const ActiveTrace&) = delete;
+
+ private:
+  TraceState* previous_;
+};
+
+// Non-scoped form for Python's `with`: returns the previous active trace.
+TraceState* set_active_trace(TraceState* trace);
+
+}  // namespace nnsight_fast

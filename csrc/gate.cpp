@@ -1,0 +1,239 @@
+#include "gate.h"
+
+#include <structmember.h>
+
+#include <vector>
+
+#include "batch_values.h"
+#include "channel.h"
+
+namespace nnsight_fast {
+namespace {
+
+PyObject* g_abort_type = nullptr;
+
+struct GateObject {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;
+  PyObject* forward;
+  PyObject* owner;
+  Dispatcher* dispatcher;
+  int input_location;
+  int output_location;
+};
+
+// (args, kwargs) from a vectorcall argument vector.
+PyObject* pack_inputs(PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* positional = PyTuple_New(nargs);
+  PyObject* keywords = PyDict_New();
+  if (positional == nullptr || keywords == nullptr) {
+    Py_XDECREF(positional);
+    Py_XDECREF(keywords);
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    Py_INCREF(args[i]);
+    PyTuple_SET_ITEM(positional, i, args[i]);
+  }
+  const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    if (PyDict_SetItem(keywords, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+      Py_DECREF(positional);
+      Py_DECREF(keywords);
+      return nullptr;
+    }
+  }
+  PyObject* pair = PyTuple_Pack(2, positional, keywords);
+  Py_DECREF(positional);
+  Py_DECREF(keywords);
+  return pair;
+}
+
+// Calls `forward` with an (args, kwargs) pair the user may have replaced.
+PyObject* call_with_inputs(PyObject* forward, PyObject* inputs) {
+  if (!PyTuple_Check(inputs) || PyTuple_GET_SIZE(inputs) != 2) {
+    PyErr_SetString(PyExc_TypeError, "`.inputs` must be assigned a pair (args: tuple, kwargs: dict)");
+    return nullptr;
+  }
+  PyObject* args = PyTuple_GET_ITEM(inputs, 0);
+  PyObject* kwargs = PyTuple_GET_ITEM(inputs, 1);
+  PyObject* args_tuple = PySequence_Tuple(args);
+  if (args_tuple == nullptr) return nullptr;
+  if (kwargs != Py_None && !PyDict_Check(kwargs)) {
+    Py_DECREF(args_tuple);
+    PyErr_SetString(PyExc_TypeError, "`.inputs` must be assigned a pair (args: tuple, kwargs: dict)");
+    return nullptr;
+  }
+  PyObject* out = PyObject_Call(forward, args_tuple, kwargs == Py_None ? nullptr : kwargs);
+  Py_DECREF(args_tuple);
+  return out;
+}
+
+PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args, size_t nargsf,
+                      PyObject* kwnames) {
+  const int64_t in_occurrence = trace->visit(self->input_location);
+  PyObject* result;
+  if (trace->wanted(self->input_location)) {
+    PyObject* inputs = pack_inputs(args, nargsf, kwnames);
+    if (inputs == nullptr) return nullptr;
+    PyObject* skip = nullptr;
+    PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skip);
+    Py_DECREF(inputs);
+    if (served == nullptr) return nullptr;
+    result = skip != nullptr ? skip : call_with_inputs(self->forward, served);
+    Py_DECREF(served);
+  } else {
+    result = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+  }
+  if (result == nullptr) return nullptr;
+
+  const int64_t out_occurrence = trace->visit(self->output_location);
+  if (trace->wanted(self->output_location)) {
+    PyObject* served = serve_location(trace, self->output_location, out_occurrence, result, nullptr);
+    Py_DECREF(result);
+    return served;
+  }
+  return result;
+}
+
+PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* self = reinterpret_cast<GateObject*>(callable);
+  TraceState* trace = active_trace();
+  if (trace == nullptr || trace->dispatcher() != self->dispatcher)
+    return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+  return gate_traced(self, trace, args, nargsf, kwnames);
+}
+
+int gate_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* gate = reinterpret_cast<GateObject*>(self);
+  Py_VISIT(gate->forward);
+  Py_VISIT(gate->owner);
+  return 0;
+}
+
+int gate_clear(PyObject* self) {
+  auto* gate = reinterpret_cast<GateObject*>(self);
+  Py_CLEAR(gate->forward);
+  Py_CLEAR(gate->owner);
+  return 0;
+}
+
+void gate_dealloc(PyObject* self) {
+  PyObject_GC_UnTrack(self);
+  gate_clear(self);
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* gate_repr(PyObject* self) {
+  auto* gate = reinterpret_cast<GateObject*>(self);
+  return PyUnicode_FromFormat("<nnsight_fast Gate over %R>", gate->forward);
+}
+
+// A Gate stands in for a bound method: expose what callers look for on one.
+PyObject* gate_getattro(PyObject* self, PyObject* name) {
+  PyObject* found = PyObject_GenericGetAttr(self, name);
+  if (found != nullptr || !PyErr_ExceptionMatches(PyExc_AttributeError)) return found;
+  PyErr_Clear();
+  return PyObject_GetAttr(reinterpret_cast<GateObject*>(self)->forward, name);
+}
+
+PyMemberDef gate_members[] = {
+    {"forward", T_OBJECT, offsetof(GateObject, forward), READONLY, "the original forward"},
+    {"__wrapped__", T_OBJECT, offsetof(GateObject, forward), READONLY, "for inspect.signature"},
+    {"input_location", T_INT, offsetof(GateObject, input_location), READONLY, "location id of the input"},
+    {"output_location", T_INT, offsetof(GateObject, output_location), READONLY, "location id of the output"},
+    {nullptr, 0, 0, 0, nullptr}};
+
+PyTypeObject GateType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+}  // namespace
+
+bool add_gate_type(PyObject* module) {
+  GateType.tp_name = "nnsight_fast._native.Gate";
+  GateType.tp_basicsize = sizeof(GateObject);
+  GateType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
+  GateType.tp_doc = "A module's forward, routed through the nnsight_fast dispatcher.";
+  GateType.tp_vectorcall_offset = offsetof(GateObject, vectorcall);
+  GateType.tp_call = PyVectorcall_Call;
+  GateType.tp_traverse = gate_traverse;
+  GateType.tp_clear = gate_clear;
+  GateType.tp_dealloc = gate_dealloc;
+  GateType.tp_repr = gate_repr;
+  GateType.tp_getattro = gate_getattro;
+  GateType.tp_members = gate_members;
+  if (PyType_Ready(&GateType) < 0) return false;
+  Py_INCREF(&GateType);
+  return PyModule_AddObject(module, "Gate", reinterpret_cast<PyObject*>(&GateType)) == 0;
+}
+
+PyObject* new_gate(PyObject* forward, PyObject* owner, Dispatcher* dispatcher, int input_location,
+                   int output_location) {
+  auto* gate = PyObject_GC_New(GateObject, &GateType);
+  if (gate == nullptr) return nullptr;
+  gate->vectorcall = gate_vectorcall;
+  Py_INCREF(forward);
+  gate->forward = forward;
+  Py_INCREF(owner);
+  gate->owner = owner;
+  gate->dispatcher = dispatcher;
+  gate->input_location = input_location;
+  gate->output_location = output_location;
+  PyObject_GC_Track(gate);
+  return reinterpret_cast<PyObject*>(gate);
+}
+
+bool is_gate(PyObject* object) { return Py_TYPE(object) == &GateType; }
+
+void set_abort_type(PyObject* type) {
+  Py_XINCREF(type);
+  Py_XSETREF(g_abort_type, type);
+}
+
+PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip) {
+  std::vector<int> ready;
+  trace->take(location, occurrence, ready);
+  Py_INCREF(value);
+  PyObject* current = value;
+  const bool narrows = trace->narrows();
+  const int64_t batch = trace->batch_size();
+  for (int index : ready) {
+    const MediatorSlot& slot = trace->mediator(index);
+    auto* channel = static_cast<Channel*>(slot.channel);
+    const bool narrowed = narrows && slot.row_count >= 0;
+    PyObject* view = narrowed ? narrow_value(current, slot, batch) : (Py_INCREF(current), current);
+    if (view == nullptr) {
+      Py_DECREF(current);
+      return nullptr;
+    }
+    const Outcome outcome = channel->serve(view);
+    Py_DECREF(view);
+    PyObject* swap = channel->take_swap();
+    if (swap != nullptr) {
+      PyObject* widened = narrowed ? widen_value(current, swap, slot, batch) : (Py_INCREF(swap), swap);
+      Py_DECREF(swap);
+      if (widened == nullptr) {
+        Py_DECREF(current);
+        return nullptr;
+      }
+      Py_SETREF(current, widened);
+    }
+    PyObject* skipped = channel->take_skip();
+    if (skipped != nullptr) {
+      if (skip != nullptr) {
+        Py_XSETREF(*skip, skipped);
+      } else {
+        Py_DECREF(skipped);
+      }
+    }
+    if (outcome == Outcome::Failed) {
+      Py_DECREF(current);
+      if (skip != nullptr) Py_CLEAR(*skip);
+      PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
+      return nullptr;
+    }
+  }
+  return current;
+}
+
+}  // namespace nnsight_fast

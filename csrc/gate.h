@@ -1,0 +1,34 @@
+// Gate: the object installed as `module.forward` (an instance attribute, so PyTorch
+// keeps its no-hook fast call path).
+//
+//   module.__dict__["forward"] = Gate(original_forward, dispatcher, in_loc, out_loc)
+//
+// With no active trace of its dispatcher on this thread a Gate calls the original
+// forward at once (vectorcall: no bound method, no tuple). In a trace it counts the
+// visit of the module's input and output locations and, only when a mediator waits
+// there, serves the value (narrowed to the mediator's rows) and takes back edits.
+#pragma once
+
+#include <Python.h>
+
+#include "dispatcher.h"
+
+namespace nnsight_fast {
+
+// Readies the Gate type and adds it to `module` as `Gate`.
+bool add_gate_type(PyObject* module);
+// A new Gate (new reference). `owner` keeps `dispatcher` alive.
+PyObject* new_gate(PyObject* forward, PyObject* owner, Dispatcher* dispatcher, int input_location,
+                   int output_location);
+bool is_gate(PyObject* object);
+
+// Hands `value` to every mediator parked at (location, occurrence), in mediator
+// order, each seeing its rows; returns the value after their edits (new
+// reference). A mediator's skip value is stored in *skip (new reference) when
+// `skip` is given. Returns nullptr with `Abort` set when a mediator failed.
+PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip);
+
+// The exception a Gate raises to unwind the model when a mediator failed.
+void set_abort_type(PyObject* type);
+
+}  // namespace nnsight_fast

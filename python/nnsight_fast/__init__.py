@@ -1,0 +1,34 @@
+"""nnsight_fast: read and edit the internals of any PyTorch model while it runs.
+
+    from nnsight_fast import NNsight
+    model = NNsight(net)
+    with model.trace(x):
+        hidden = model.layer1.output.save()
+        model.layer2.output[:] = 0
+    print(hidden.shape)
+
+The per-call work (gates, visit counting, handoff to the body's worker thread,
+batch narrowing) runs in a native libtorch extension.
+"""
+
+import torch as _torch
+
+from ._built_with import TORCH_VERSION as _BUILT_WITH
+
+if _torch.__version__ != _BUILT_WITH:
+    raise ImportError(
+        f"nnsight_fast was built against torch {_BUILT_WITH} but torch {_torch.__version__} is running: "
+        "rebuild it with `pip install --no-build-isolation --force-reinstall --no-deps .` "
+        "from the nnsight_fast source folder"
+    )
+
+from . import _native  # noqa: E402
+from .config import CONFIG  # noqa: E402
+from .envoy import Envoy  # noqa: E402
+from .errors import Abort, Cancelled, OutOfOrderError  # noqa: E402
+from .model import NNsight  # noqa: E402
+from .saving import save  # noqa: E402
+
+_native.set_exception_types(Abort, Cancelled)
+
+__all__ = ["NNsight", "Envoy", "save", "CONFIG", "OutOfOrderError"]

@@ -1,0 +1,121 @@
+"""Envoy: a mirror of one module of the wrapped model, with its values in a trace.
+
+    model = NNsight(net)
+    model.layer1                  # the Envoy of net.layer1 (attribute access mirrors the tree)
+    model.blocks[0], len(model.blocks), list(model.blocks)
+    with model.trace(x):
+        h = model.layer1.output.save()      # read
+        model.layer1.output[:] = 0          # edit in place
+        model.layer2.output = h * 2         # replace
+        args, kwargs = model.layer2.inputs  # all inputs; `.input` is the first one
+        model.layer3.skip(h)                # don't run layer3, use h as its output
+
+Attributes that are not child modules fall through to the module (`model.layer1.weight`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from . import mediator as _mediator
+
+if TYPE_CHECKING:
+    from .model import NNsight
+
+
+def _first_input(inputs: tuple) -> Any:
+    args, kwargs = inputs
+    if args:
+        return args[0]
+    if kwargs:
+        return next(iter(kwargs.values()))
+    return None
+
+
+def _with_first_input(inputs: tuple, value: Any) -> tuple:
+    args, kwargs = inputs
+    if args:
+        return ((value, *args[1:]), kwargs)
+    if kwargs:
+        first = next(iter(kwargs))
+        return (args, {**kwargs, first: value})
+    return ((value,), kwargs)
+
+
+class Envoy:
+    def __init__(self, module: torch.nn.Module, path: str, root: "NNsight | None" = None):
+        root = self if root is None else root
+        self.__dict__.update(_module=module, path=path, _root=root, _children={})
+        self._input_location, self._output_location = root._gate_module(module, path)
+        for name, child in module.named_children():
+            envoy = Envoy(child, f"{path}.{name}", root)
+            self._children[name] = envoy
+            if not hasattr(type(self), name):
+                self.__dict__[name] = envoy
+
+    # ---- values in a trace ----
+    @property
+    def output(self) -> Any:
+        """The module's output (in a trace)."""
+        return _mediator.request(self._output_location, self.path, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        _mediator.assign(self._output_location, self.path, "output", value)
+
+    @property
+    def inputs(self) -> tuple[tuple, dict]:
+        """The module's inputs as (args, kwargs) (in a trace)."""
+        return _mediator.request(self._input_location, self.path, "inputs")
+
+    @inputs.setter
+    def inputs(self, value: tuple[tuple, dict]) -> None:
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
+            raise TypeError(f"`{self.path}.inputs` must be assigned a pair (args: tuple, kwargs: dict)")
+        _mediator.assign(self._input_location, self.path, "inputs", (tuple(value[0]), value[1]))
+
+    @property
+    def input(self) -> Any:
+        """The module's first input: the first positional argument, else the first keyword one."""
+        return _first_input(_mediator.request(self._input_location, self.path, "input"))
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        inputs = _mediator.request(self._input_location, self.path, "input")
+        _mediator.assign(self._input_location, self.path, "input", _with_first_input(inputs, value))
+
+    def skip(self, replacement: Any) -> None:
+        """Don't run this module at its next call in this trace; `replacement` is its output."""
+        _mediator.skip(self._input_location, self.path, replacement)
+
+    # ---- the tree ----
+    def __getattr__(self, name: str) -> Any:
+        module = self.__dict__.get("_module")
+        if module is None:
+            raise AttributeError(name)
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            raise AttributeError(
+                f"`{self.path}` ({type(module).__name__}) has no submodule or attribute `{name}`"
+            ) from None
+
+    def __getitem__(self, key: int | str) -> "Envoy":
+        if isinstance(key, str):
+            return self._children[key]
+        return list(self._children.values())[key]
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator["Envoy"]:
+        return iter(list(self._children.values()))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the module itself (inside a trace body: an extra, untraced call)."""
+        return self._module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(self._module)

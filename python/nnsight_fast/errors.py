@@ -1,0 +1,57 @@
+"""Errors users see, and the control-flow signals the tracer uses internally.
+
+    from nnsight_fast import OutOfOrderError
+    try:
+        with model.trace(x):
+            late = model.layer2.output
+            early = model.layer1.output   # the model already passed layer1
+    except OutOfOrderError as e:
+        print(e)   # 'model.layer1.output.i0' was requested but the model already ran past it
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+
+class OutOfOrderError(Exception):
+    """A value was requested after the model had already passed its location."""
+
+
+class EarlyStop(BaseException):
+    """Raised by `tracer.stop()`: ends the trace early without an error."""
+
+
+class Cancelled(BaseException):
+    """Raised inside a mediator whose request will never be served (the trace is ending)."""
+
+
+class Abort(BaseException):
+    """Raised by a Gate to unwind the model when a mediator failed."""
+
+
+class SkipBody(BaseException):
+    """Raised at the first line of a traced `with` body so Python skips it; we run it ourselves."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def outside_trace_error(what: str) -> ValueError:
+    return ValueError(
+        f"Cannot access `{what}` outside of interleaving: use it inside `with model.trace(...)`"
+    )
+
+
+def strip_library_frames(traceback: TracebackType | None) -> TracebackType | None:
+    """The traceback without nnsight_fast's own frames, so it ends at the user's line."""
+    kept = []
+    while traceback is not None:
+        if not traceback.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            kept.append(traceback)
+        traceback = traceback.tb_next
+    head = None
+    for entry in reversed(kept):
+        head = TracebackType(head, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return head

@@ -1,0 +1,122 @@
+"""Mediator: one invoke's body, run on a worker thread in step with the model.
+
+    value = request(envoy._output_location, envoy, "output")   # inside a trace body
+    assign(envoy._output_location, new_value)
+
+A body that asks for a value parks on its worker until the model reaches that
+location (the native Gate hands the value over); the model waits meanwhile. Within
+one invoke, requests follow execution order: asking for a location the model
+already passed raises OutOfOrderError at the user's line.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from .errors import Cancelled, OutOfOrderError
+from .saving import enter_scope
+
+if TYPE_CHECKING:
+    from .tracing.capture import CapturedBody
+    from .tracing.tracer import Tracer
+    from .workers import Worker
+
+_current = threading.local()
+
+
+def current_mediator() -> "Mediator | None":
+    return getattr(_current, "mediator", None)
+
+
+class Mediator:
+    """Runs one invoke's captured body; its requests are served by the model thread."""
+
+    def __init__(self, tracer: "Tracer", body: "CapturedBody", worker: "Worker", index: int, native_trace):
+        self.tracer = tracer
+        self.body = body
+        self.worker = worker
+        self.channel = worker.channel
+        self.index = index
+        self.native_trace = native_trace
+        self.iteration = 0
+        self.offsets: dict[str, int] = {}
+        self.location = -1
+        self.occurrence = -1
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.pending_error: BaseException | None = None
+        self.namespace: dict | None = None
+
+    # ---- runs on the worker thread ----
+    def job(self) -> bool:
+        previous_scope = enter_scope(self.tracer)
+        _current.mediator = self
+        try:
+            self.body.run(self._collect)
+            return False
+        except BaseException as error:  # noqa: BLE001 - every failure goes back to the model thread
+            self.error = error
+            return True
+        finally:
+            _current.mediator = None
+            enter_scope(previous_scope)
+            self.value = None
+
+    def _collect(self, namespace: dict) -> None:
+        self.namespace = namespace
+
+    def occurrence_of(self, path: str) -> int:
+        return self.iteration + self.offsets.get(path, 0) if self.offsets else self.iteration
+
+    def request(self, location: int, occurrence: int) -> Any:
+        if location == self.location and occurrence == self.occurrence:
+            return self.value
+        if self.native_trace.visits(location) > occurrence:
+            raise self.out_of_order(location, occurrence)
+        self.native_trace.park(location, self.index, occurrence)
+        try:
+            value = self.channel.park()
+        except Cancelled:
+            if self.pending_error is not None:
+                raise self.pending_error from None
+            raise
+        self.location = location
+        self.occurrence = occurrence
+        self.value = value
+        return value
+
+    def out_of_order(self, location: int, occurrence: int) -> OutOfOrderError:
+        name = self.tracer.model._dispatcher.name(location)
+        return OutOfOrderError(f"'{name}.i{occurrence}' was requested but the model already ran past it")
+
+    def assign(self, location: int, occurrence: int, value: Any) -> None:
+        self.request(location, occurrence)
+        self.value = value
+        self.channel.set_swap(value)
+
+
+def _require_mediator(what: str) -> Mediator:
+    mediator = getattr(_current, "mediator", None)
+    if mediator is None:
+        raise errors.outside_trace_error(what)
+    return mediator
+
+
+def request(location: int, path: str, what: str) -> Any:
+    """The value at `location` for the current invoke (`what` names it in errors)."""
+    mediator = _require_mediator(f"{path}.{what}")
+    return mediator.request(location, mediator.occurrence_of(path))
+
+
+def assign(location: int, path: str, what: str, value: Any) -> None:
+    mediator = _require_mediator(f"{path}.{what}")
+    mediator.assign(location, mediator.occurrence_of(path), value)
+
+
+def skip(location: int, path: str, value: Any) -> None:
+    """Skips the module whose input location is `location`: its output becomes `value`."""
+    mediator = _require_mediator(f"{path}.skip")
+    mediator.request(location, mediator.occurrence_of(path))
+    mediator.channel.set_skip(value)

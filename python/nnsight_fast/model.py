@@ -1,0 +1,70 @@
+"""NNsight: wrap any torch.nn.Module so its internals can be read and edited in a trace.
+
+    net = torch.nn.Sequential(torch.nn.Linear(5, 10), torch.nn.Linear(10, 2))
+    model = NNsight(net)
+    with model.trace(torch.rand(1, 5)):
+        hidden = model[0].output.save()
+        out = model.output.save()
+    model(torch.rand(1, 5))        # outside a trace: the plain module, at full speed
+
+Wrapping installs a native Gate as each module's `forward` (an instance attribute);
+it calls the original forward directly unless this thread is tracing this model.
+A subclass defines how several invokes' inputs form one batch (`_batch_inputs`);
+the base class runs one input invoke per trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _native
+from .envoy import Envoy
+from .tracing.tracer import Tracer
+
+
+class NNsight(Envoy):
+    def __init__(self, module: torch.nn.Module):
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
+        self.__dict__["_dispatcher"] = _native.Dispatcher()
+        self.__dict__["_gated"] = {}
+        super().__init__(module, "model", None)
+        self.__dict__["_result_location"] = self._dispatcher.intern("result")
+
+    def _gate_module(self, module: torch.nn.Module, path: str) -> tuple[int, int]:
+        """Installs the Gate on `module` (once per model); returns its (input, output) locations."""
+        known = self._gated.get(id(module))
+        if known is not None:
+            return known
+        locations = (self._dispatcher.intern(f"{path}.input"), self._dispatcher.intern(f"{path}.output"))
+        module.__dict__["forward"] = _native.make_gate(module.forward, self._dispatcher, *locations)
+        self._gated[id(module)] = locations
+        return locations
+
+    # ---- tracing ----
+    def trace(self, *args: Any, **kwargs: Any) -> Tracer:
+        """A trace of one forward pass; with inputs, the `with` body is one invoke over them."""
+        return Tracer(self, args, kwargs)
+
+    def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """One invoke's inputs as (args, kwargs, batch size)."""
+        return args, kwargs, _batch_size(args, kwargs)
+
+    def _batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        """Several invokes' prepared inputs as one batch; a subclass defines how."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot batch {len(prepared)} input invokes: put all inputs in one "
+            "invoke, or use a model class that defines `_batch_inputs` (e.g. LanguageModel)"
+        )
+
+    def _run(self, args: tuple, kwargs: dict) -> Any:
+        return self._module(*args, **kwargs)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return 1

@@ -1,0 +1,211 @@
+"""Capture of a `with` block's body: Python skips it, we compile and run it ourselves.
+
+    class MyContext:
+        def __enter__(self):
+            self._capture = BodyCapture.begin(sys._getframe(1))
+            return self
+        def __exit__(self, kind, error, tb):
+            if not self._capture.skipped(kind):
+                return False                       # a real error, or no body captured
+            body = self._capture.compile()         # CapturedBody, cached per code site
+            namespace = body.run(collect=print)    # runs the body as a function
+            return True                            # swallow the skip signal
+
+`begin` arms a line trace on the caller's frame that raises `SkipBody` as the body's
+first line starts. The body is compiled once per code site (file, line, the names
+it reads from the caller) into a function whose parameters are those names, so
+reads see the caller's variables, closures and comprehensions work, and the body's
+locals come back in one dict when it ends (normally or not).
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import linecache
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import SkipBody
+
+_SINK = "__nnsight_fast_collect__"
+
+
+
+def _no_global_trace(frame, event, arg):
+    return None
+
+
+@dataclass
+class CapturedBody:
+    """A compiled `with` body, bound to the frame it came from."""
+
+    function: Callable[..., Any]
+    arguments: tuple
+    frame: types.FrameType
+
+    def run(self, collect: Callable[[dict], None]) -> Any:
+        """Runs the body; `collect` receives its locals when it ends, however it ends."""
+        return self.function(collect, *self.arguments)
+
+
+class BodyCapture:
+    """Arms the skip of a `with` body and, once skipped, compiles it."""
+
+    def __init__(self, frame: types.FrameType, site: "_Site"):
+        self.frame = frame
+        self.site = site
+        self.first_line: int | None = None
+        self._previous_trace = sys.gettrace()
+        self._previous_frame_trace = frame.f_trace
+
+    @classmethod
+    def begin(cls, frame: types.FrameType) -> "BodyCapture":
+        capture = cls(frame, _site(frame.f_code.co_filename, frame.f_lineno, frame.f_code))
+        body_line = capture.site.statement.body[0].lineno
+
+        def skip(frame_, event, arg):
+            if event == "line" and frame_.f_lineno >= body_line:
+                capture.first_line = frame_.f_lineno
+                # A body of only `pass`/constants compiles to a NOP that Python's `with`
+                # does not guard: let it run (it does nothing) instead of raising there.
+                if not capture.site.trivial:
+                    raise SkipBody()
+                frame_.f_trace = capture._previous_frame_trace
+            return skip
+
+        if capture._previous_trace is None:
+            sys.settrace(_no_global_trace)
+        frame.f_trace = skip
+        return capture
+
+    def disarm(self) -> None:
+        self.frame.f_trace = self._previous_frame_trace
+        if self._previous_trace is None:
+            sys.settrace(None)
+
+    def skipped(self, kind: type | None) -> bool:
+        """True when the body was skipped by us (and should be run); disarms either way."""
+        self.disarm()
+        if kind is None and self.first_line is not None:
+            return True  # a trivial body ran as a no-op: still a trace to run
+        if kind is None:
+            raise ValueError(
+                "The body of a traced `with` must start on its own line: nnsight_fast runs the body "
+                "itself and can only intercept it where a new line starts"
+            )
+        return kind is SkipBody
+
+    def compile(self) -> CapturedBody:
+        frame = self.frame
+        site = self.site
+        names = frame.f_locals
+        parameters = tuple(name for name in site.names if name in names)
+        function_code = site.compiled.get(parameters)
+        if function_code is None:
+            function_code = site.compile(parameters)
+            site.compiled[parameters] = function_code
+        function = types.FunctionType(function_code, frame.f_globals, "<traced block>")
+        return CapturedBody(function, tuple(names[name] for name in parameters), frame)
+
+
+@dataclass
+class _Site:
+    """One `with` statement in a file: its body and the code compiled for it."""
+
+    filename: str
+    statement: ast.With
+    names: tuple
+    compiled: dict
+
+    @property
+    def trivial(self) -> bool:
+        """The body does nothing (only `pass`, `...` or strings)."""
+        return all(
+            isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            for s in self.statement.body
+        )
+
+    def compile(self, parameters: tuple) -> types.CodeType:
+        body = self.statement.body
+        first = body[0]
+        collect = ast.Expr(
+            ast.Call(
+                ast.Name(_SINK, ast.Load()),
+                [ast.Call(ast.Name("locals", ast.Load()), [], [])],
+                [],
+            )
+        )
+        wrapped = ast.Try(body=body, handlers=[], orelse=[], finalbody=[collect])
+        arguments = ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(_SINK)] + [ast.arg(name) for name in parameters],
+            kwonlyargs=[],
+            kw_defaults=[],
+            defaults=[],
+        )
+        function = ast.FunctionDef(
+            name="__traced_block__", args=arguments, body=[wrapped], decorator_list=[], returns=None
+        )
+        if sys.version_info >= (3, 12):
+            function.type_params = []
+        for node in (collect, wrapped, function):
+            ast.copy_location(node, first)
+        module = ast.Module(body=[function], type_ignores=[])
+        ast.fix_missing_locations(module)
+        code = compile(module, self.filename, "exec")
+        return next(c for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+_sites: dict[tuple, _Site] = {}
+
+
+def _site(filename: str, line: int, code: types.CodeType) -> _Site:
+    key = (filename, line, code)
+    site = _sites.get(key)
+    if site is None:
+        site = _find_site(filename, line)
+        _sites[key] = site
+    return site
+
+
+def _find_site(filename: str, line: int) -> _Site:
+    """The innermost `with` statement whose header spans `line`."""
+    lines = linecache.getlines(filename)
+    if not lines:
+        raise ValueError(
+            f"Cannot find the source of the traced `with` block in {filename!r}: nnsight_fast runs the "
+            "block from its source, so trace from a file (or a notebook cell), not from `python -c` or "
+            "a bare interactive prompt"
+        )
+    tree = ast.parse("".join(lines), filename)
+    found = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.With, ast.AsyncWith)) and node.body and node.lineno <= line < node.body[0].lineno:
+            if found is None or node.lineno >= found.lineno:
+                found = node
+    if found is None:
+        raise ValueError(
+            f"Cannot find a `with` block at {filename}:{line} whose body starts on its own line "
+            "(was the file changed since it was imported?)"
+        )
+    names = []
+    for statement in found.body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and node.id not in names:
+                names.append(node.id)
+    return _Site(filename, found, tuple(names), {})
+
+
+def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
+    """Assigns `values` to variables of a running frame (the caller of a trace)."""
+    if not values:
+        return
+    if frame.f_locals is frame.f_globals:
+        frame.f_globals.update(values)
+        return
+    frame.f_locals.update(values)
+    if sys.version_info < (3, 13):
+        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))

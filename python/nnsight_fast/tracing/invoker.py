@@ -1,0 +1,52 @@
+"""`tracer.invoke(...)`: one batch entry of a trace, with its own intervention body.
+
+    with model.trace() as tracer:
+        with tracer.invoke(x):            # rows of x in the batch
+            a = model.layer1.output.save()
+        with tracer.invoke():             # no input: sees the whole batch
+            b = model.layer1.output.save()
+
+The body is captured (not run) when the `with` ends; it runs on a worker thread
+while the model runs, after every invoke of the trace has been collected.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .capture import BodyCapture, CapturedBody
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
+
+
+@dataclass
+class Invoke:
+    """A collected invoke: its compiled body and its inputs (None: the whole batch)."""
+
+    body: CapturedBody
+    inputs: tuple[tuple, dict] | None
+
+
+class Invoker:
+    def __init__(self, tracer: "Tracer", args: tuple, kwargs: dict):
+        if tracer.running:
+            raise ValueError(
+                "Cannot invoke while the model runs: open every `tracer.invoke(...)` directly in the "
+                "trace body, not inside another invoke"
+            )
+        self.tracer = tracer
+        self.inputs = (args, kwargs) if args or kwargs else None
+        self._capture: BodyCapture | None = None
+
+    def __enter__(self) -> "Invoker":
+        self._capture = BodyCapture.begin(sys._getframe(1))
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if not self._capture.skipped(kind):
+            return False
+        self.tracer.add_invoke(Invoke(self._capture.compile(), self.inputs))
+        return True

@@ -1,0 +1,190 @@
+"""`model.trace(...)`: run the model once while the `with` body reads and edits it.
+
+    with model.trace(x) as tracer:               # the body is one invoke over x
+        h = model.layer1.output.save()
+        model.layer2.output[:] = 0
+        out = model.output.save()
+
+    with model.trace() as tracer:                # several invokes, batched by the model
+        with tracer.invoke(x1): a = model.layer1.output.save()
+        with tracer.invoke(): b = model.layer1.output.save()   # the whole batch
+
+On exit the body (or each invoke's body) runs on a pooled worker thread while the
+model runs on this thread; only values marked `.save()` are written back to the
+caller's variables. Errors raised in the body surface here with their own type and
+a traceback that ends at the user's line; after any error the model is clean.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .. import _native
+from ..config import CONFIG
+from ..errors import Abort, Cancelled, EarlyStop, outside_trace_error, strip_library_frames
+from ..mediator import Mediator, current_mediator
+from ..saving import enter_scope
+from ..workers import POOL
+from .capture import BodyCapture, write_back
+from .invoker import Invoke, Invoker
+
+if TYPE_CHECKING:
+    from ..model import NNsight
+
+
+class Tracer:
+    def __init__(self, model: "NNsight", args: tuple, kwargs: dict):
+        self.model = model
+        self._inputs = (args, kwargs) if args or kwargs else None
+        self._invokes: list[Invoke] = []
+        self._saved: dict[int, Any] = {}
+        self._namespaces: list[dict] = []
+        self._capture: BodyCapture | None = None
+        self.running = False
+        self.mediators: list[Mediator] = []
+
+    # ---- the `with` statement ----
+    def __enter__(self) -> "Tracer":
+        self._capture = BodyCapture.begin(sys._getframe(1))
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if not self._capture.skipped(kind):
+            return False
+        body = self._capture.compile()
+        try:
+            if self._inputs is not None:
+                self._invokes.append(Invoke(body, self._inputs))
+            else:
+                self._run_trace_body(body)
+            self._execute()
+        except BaseException as failure:  # noqa: BLE001 - re-raised with a clean traceback
+            if isinstance(failure, EarlyStop):
+                self._write_back(body.frame)
+                return True
+            if not CONFIG.APP.DEBUG:
+                failure = failure.with_traceback(strip_library_frames(failure.__traceback__))
+            raise failure
+        finally:
+            self._invokes.clear()
+        self._write_back(body.frame)
+        return True
+
+    def _run_trace_body(self, body) -> None:
+        previous = enter_scope(self)
+        try:
+            body.run(self._namespaces.append)
+        finally:
+            enter_scope(previous)
+
+    # ---- API used in the body ----
+    def invoke(self, *args: Any, **kwargs: Any) -> Invoker:
+        """A batch entry with its own body; no arguments: the whole batch."""
+        return Invoker(self, args, kwargs)
+
+    def stop(self) -> None:
+        """Ends the trace here: the model stops, values saved so far are kept."""
+        raise EarlyStop()
+
+    @property
+    def result(self) -> Any:
+        """The return value of the traced call."""
+        mediator = current_mediator()
+        if mediator is None or mediator.tracer is not self:
+            raise outside_trace_error("result")
+        return mediator.request(self.model._result_location, mediator.iteration)
+
+    def record_save(self, value: Any) -> None:
+        self._saved[id(value)] = value
+
+    def add_invoke(self, invoke: Invoke) -> None:
+        self._invokes.append(invoke)
+
+    # ---- running ----
+    def _execute(self) -> None:
+        model = self.model
+        with_inputs = [invoke for invoke in self._invokes if invoke.inputs is not None]
+        whole_batch = [invoke for invoke in self._invokes if invoke.inputs is None]
+        if not with_inputs:
+            raise ValueError(
+                "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
+                "`tracer.invoke(x)` with an input"
+            )
+        prepared = [model._prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
+        if len(prepared) == 1:
+            args, kwargs, batch_size = prepared[0]
+        else:
+            args, kwargs = model._batch_inputs(prepared)
+            batch_size = sum(p[2] for p in prepared)
+
+        native = _native.Trace(model._dispatcher)
+        native.set_batch(batch_size, len(with_inputs))
+        workers = []
+        try:
+            start = 0
+            for invoke, (_, _, size) in zip(with_inputs, prepared):
+                workers.append(POOL.acquire())
+                index = native.add_mediator(workers[-1].channel, start, size)
+                self.mediators.append(Mediator(self, invoke.body, workers[-1], index, native))
+                start += size
+            for invoke in whole_batch:
+                workers.append(POOL.acquire())
+                index = native.add_mediator(workers[-1].channel, 0, -1)
+                self.mediators.append(Mediator(self, invoke.body, workers[-1], index, native))
+            self._interleave(native, args, kwargs)
+        finally:
+            for mediator in self.mediators:
+                if mediator.channel.busy:
+                    mediator.channel.cancel()
+                if mediator.namespace is not None:
+                    self._namespaces.append(mediator.namespace)
+            for worker in workers:
+                POOL.release(worker)
+            self.mediators = []
+
+    def _interleave(self, native, args: tuple, kwargs: dict) -> None:
+        model = self.model
+        model_error: BaseException | None = None
+        native.activate()
+        self.running = True
+        try:
+            started = all(
+                mediator.channel.start(mediator.job) != _native.Outcome.Failed for mediator in self.mediators
+            )
+            if started:
+                result = model._run(args, kwargs)
+                native.serve(model._result_location, result)
+                for mediator in self.mediators:
+                    if mediator.channel.busy:  # parked on a location the model never reached
+                        location, _, occurrence = next(p for p in native.parked() if p[1] == mediator.index)
+                        mediator.pending_error = mediator.out_of_order(location, occurrence)
+                        if mediator.channel.cancel() == _native.Outcome.Failed:
+                            break
+        except Abort:
+            pass
+        except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
+            model_error = error
+        finally:
+            self.running = False
+            native.deactivate()
+            for mediator in self.mediators:
+                if mediator.channel.busy:
+                    mediator.channel.cancel()
+        for mediator in self.mediators:
+            failure = mediator.error
+            if failure is not None and not isinstance(failure, Cancelled):
+                raise failure
+        if model_error is not None:
+            raise model_error
+
+    def _write_back(self, frame) -> None:
+        saved = self._saved
+        values = {}
+        for namespace in self._namespaces:
+            for name, value in namespace.items():
+                if saved.get(id(value)) is value:
+                    values[name] = value
+        self._namespaces.clear()
+        self._saved = {}
+        write_back(frame, values)
