@@ -90,6 +90,11 @@ class Envoy:
         """Don't run this module at its next call in this trace; `replacement` is its output."""
         _mediator.skip(self._input_location, self.path, replacement)
 
+    def next(self, step: int = 1) -> "Envoy":
+        """Later values of this envoy refer to its call `step` calls further on (in this invoke)."""
+        _mediator.advance(self.path, step)
+        return self
+
     # ---- the tree ----
     def __getattr__(self, name: str) -> Any:
         module = self.__dict__.get("_module")

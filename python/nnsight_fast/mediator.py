@@ -120,3 +120,9 @@ def skip(location: int, path: str, value: Any) -> None:
     mediator = _require_mediator(f"{path}.skip")
     mediator.request(location, mediator.occurrence_of(path))
     mediator.channel.set_skip(value)
+
+
+def advance(path: str, step: int) -> None:
+    """Moves the current invoke's view of the module at `path` `step` calls forward."""
+    mediator = _require_mediator(f"{path}.next")
+    mediator.offsets[path] = mediator.offsets.get(path, 0) + step

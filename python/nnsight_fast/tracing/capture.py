@@ -89,13 +89,8 @@ class BodyCapture:
     def skipped(self, kind: type | None) -> bool:
         """True when the body was skipped by us (and should be run); disarms either way."""
         self.disarm()
-        if kind is None and self.first_line is not None:
-            return True  # a trivial body ran as a no-op: still a trace to run
         if kind is None:
-            raise ValueError(
-                "The body of a traced `with` must start on its own line: nnsight_fast runs the body "
-                "itself and can only intercept it where a new line starts"
-            )
+            return True  # a trivial body ran as a no-op: still a trace to run
         return kind is SkipBody
 
     def compile(self) -> CapturedBody:
@@ -186,6 +181,14 @@ def _find_site(filename: str, line: int) -> _Site:
         if isinstance(node, (ast.With, ast.AsyncWith)) and node.body and node.lineno <= line < node.body[0].lineno:
             if found is None or node.lineno >= found.lineno:
                 found = node
+    if found is None and any(
+        isinstance(node, (ast.With, ast.AsyncWith)) and node.lineno <= line <= node.body[0].lineno
+        for node in ast.walk(tree)
+    ):
+        raise ValueError(
+            "The body of a traced `with` must start on its own line: nnsight_fast runs the body itself "
+            "and can only intercept it where a new line starts"
+        )
     if found is None:
         raise ValueError(
             f"Cannot find a `with` block at {filename}:{line} whose body starts on its own line "

@@ -1,0 +1,45 @@
+"""Shared fixtures: devices to run on, and a check that a model is left clean."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from nnsight_fast import _native
+from nnsight_fast.workers import POOL
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def assert_clean(model=None, x=None, expected=None):
+    """No trace active on this thread, no worker parked mid-request, and (when given)
+    the wrapped model gives plain results again, in and out of a trace."""
+    assert not _native.has_active_trace()
+    assert all(not w.channel.busy for w in POOL._all)
+    assert POOL.idle_count() == len(POOL._all)
+    if model is not None:
+        assert torch.allclose(model(x), expected)
+        with model.trace(x):
+            out = model.output.save()
+        assert torch.allclose(out, expected)
+
+
+@pytest.fixture
+def clean():
+    return assert_clean
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads():
+    yield
+    assert not _native.has_active_trace()
+    assert all(not w.channel.busy for w in POOL._all)
+    named = [t for t in threading.enumerate() if t.name == "nnsight_fast-mediator"]
+    assert len(named) == len(POOL._all)
