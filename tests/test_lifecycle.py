@@ -1,0 +1,98 @@
+"""Many traces keep memory and threads flat; threads tracing at once don't see each other."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import psutil
+import torch
+
+from nnsight_fast import NNsight
+from nnsight_fast.workers import POOL
+
+from models import MLP, Nested
+
+
+def test_thousand_traces_keep_memory_and_threads_flat():
+    torch.manual_seed(0)
+    model = NNsight(Nested(width=64))
+    x = torch.randn(8, 4)
+
+    def run(n):
+        for _ in range(n):
+            with model.trace(x):
+                model.blocks[0].output[:] = 0
+                h = model.blocks[1].output.save()
+
+    run(100)
+    gc.collect()
+    process = psutil.Process()
+    rss_before, threads_before = process.memory_info().rss, threading.active_count()
+    run(1000)
+    gc.collect()
+    grown = process.memory_info().rss - rss_before
+    assert threading.active_count() == threads_before
+    assert grown < 8 * 2**20, f"memory grew by {grown / 2**20:.1f} MiB over 1,000 traces"
+
+
+def test_saved_tensors_are_the_only_survivors():
+    model = NNsight(MLP())
+    x = torch.randn(2, 4)
+    refs = []
+    with model.trace(x):
+        kept = model.fc1.output.save()
+        refs.append(weakref.ref(model.fc2.output))
+        refs.append(weakref.ref(model.output))
+    gc.collect()
+    assert kept.shape == (2, 8)
+    assert [r() for r in refs] == [None, None]
+
+
+def _traced_outputs(model, inputs, repeats):
+    results = []
+    for x in inputs:
+        for _ in range(repeats):
+            with model.trace(x):
+                model.act.output[:, ::2] = 0
+                h = model.fc2.output.save()
+                out = model.output.save()
+            results.append((h, out))
+    return results
+
+
+def test_two_threads_tracing_at_once_get_what_they_get_alone():
+    torch.manual_seed(0)
+    shared = NNsight(MLP())
+    other = NNsight(MLP())
+    inputs = [torch.randn(3, 4) for _ in range(4)]
+    alone = {
+        "shared": _traced_outputs(shared, inputs, 1),
+        "other": _traced_outputs(other, inputs, 1),
+    }
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(name, model):
+        try:
+            results[name] = _traced_outputs(model, inputs, 50)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=worker, args=("shared", shared)),
+        threading.Thread(target=worker, args=("shared-again", shared)),
+        threading.Thread(target=worker, args=("other", other)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for name, key in (("shared", "shared"), ("shared-again", "shared"), ("other", "other")):
+        got = results[name]
+        for i, (h, out) in enumerate(got):
+            h_alone, out_alone = alone[key][i // 50]
+            assert torch.equal(h, h_alone) and torch.equal(out, out_alone)
+    assert all(not w.channel.busy for w in POOL._all)
