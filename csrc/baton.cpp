@@ -53,7 +53,7 @@ void Baton::give(Turn to) {
   if (sleepers_.load(std::memory_order_seq_cst) != 0) wake_all(&turn_);
 }
 
-bool Baton::wait_for(Turn me, int64_t timeout_us) {
+bool Baton::wait_for(Turn me, int64_t timeout_us, int64_t spin_us) {
   const auto want = static_cast<uint32_t>(me);
   if (turn_.load(std::memory_order_acquire) == want) return true;
 
@@ -62,7 +62,7 @@ bool Baton::wait_for(Turn me, int64_t timeout_us) {
     if (turn_.load(std::memory_order_acquire) == want) return true;
     if ((i & 7) == 7) {
       const int64_t spent = elapsed_us(start);
-      if (spent >= kSpinWindowUs || (timeout_us >= 0 && spent >= timeout_us)) break;
+      if (spent >= spin_us || (timeout_us >= 0 && spent >= timeout_us)) break;
     }
     sched_yield();
   }

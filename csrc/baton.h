@@ -20,13 +20,16 @@ class Baton {
  public:
   // Hands the turn to `to` and wakes a sleeping waiter.
   void give(Turn to);
-  // Blocks until it is `me`'s turn. `timeout_us` < 0 waits forever.
-  // Returns false when the timeout passed first.
-  bool wait_for(Turn me, int64_t timeout_us);
+  // Blocks until it is `me`'s turn, spinning `spin_us` before sleeping.
+  // `timeout_us` < 0 waits forever. Returns false when the timeout passed first.
+  bool wait_for(Turn me, int64_t timeout_us, int64_t spin_us = kSpinWindowUs);
   Turn turn() const { return static_cast<Turn>(turn_.load(std::memory_order_acquire)); }
 
   // How long a waiter spins before sleeping (microseconds).
   static constexpr int64_t kSpinWindowUs = 30;
+  // A worker spins longer: the model's next request (or the next trace in a loop)
+  // usually comes within a forward pass, and waking a sleeper costs ~25 µs.
+  static constexpr int64_t kWorkerSpinWindowUs = 250;
 
  private:
   std::atomic<uint32_t> turn_{0};

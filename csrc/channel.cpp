@@ -75,7 +75,7 @@ Channel::Message Channel::hand_to_model(Outcome outcome) {
   outcome_ = outcome;
   PyThreadState* saved = PyEval_SaveThread();
   baton_.give(Turn::Model);
-  baton_.wait_for(Turn::Worker, -1);
+  baton_.wait_for(Turn::Worker, -1, Baton::kWorkerSpinWindowUs);
   PyEval_RestoreThread(saved);
   apply_thread_state();
   return message_;
@@ -98,7 +98,7 @@ void Channel::stop() {
 PyObject* Channel::next_job() {
   worker_ident_ = PyThread_get_thread_ident();
   PyThreadState* saved = PyEval_SaveThread();
-  baton_.wait_for(Turn::Worker, -1);
+  baton_.wait_for(Turn::Worker, -1, Baton::kWorkerSpinWindowUs);
   PyEval_RestoreThread(saved);
   apply_thread_state();
   if (message_ != Message::Job) Py_RETURN_NONE;

@@ -48,4 +48,23 @@ def save(value: Any) -> Any:
     return value
 
 
+def _define_strict_classes_first() -> None:
+    """Imports the classes that refuse an unannotated public attribute on `object`.
+
+    anyio's TypedAttributeSet subclasses check `dir(cls)` when they are defined and
+    would reject the mounted `save`; defining them before the mount avoids that.
+    """
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("anyio") is None:
+        return
+    for name in ("anyio.abc", "anyio.streams.tls", "anyio.streams.file"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional dependency's own import problem is not ours
+            pass
+
+
+_define_strict_classes_first()
 _native.mount_on_object("save", save)

@@ -1,0 +1,161 @@
+"""Benchmark workloads, run in one process for one library (nnsight_fast or nnsight).
+
+    python bench/workloads.py --lib nnsight_fast --out results/nnsight_fast.json
+    python bench/workloads.py --lib nnsight --out results/nnsight.json   # nnsight 0.8.1's venv
+
+Each workload times bare PyTorch, raw `register_forward_hook` code doing the same
+work, and the library's trace, in this process, so their ratios are comparable.
+`bench/run.py` runs both libraries and writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from nnsight_fast.timing import median_seconds  # noqa: E402  (plain helper, no native code)
+
+SIZES = (8, 32, 128)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16)
+    )
+
+
+def stack(n):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(torch.nn.Linear(16, 16) for _ in range(n)))
+
+
+def hooked_save(net, modules):
+    """Raw hooks storing the outputs of `modules`; returns the stored list."""
+    saved = []
+    handles = [m.register_forward_hook(lambda mod, args, out: saved.append(out)) for m in modules]
+    return saved, handles
+
+
+def run(lib_name: str, repeats: int) -> dict:
+    lib = importlib.import_module(lib_name)
+    x = torch.randn(4, 16)
+    results: dict[str, dict] = {}
+
+    def record(name, **timings):
+        results[name] = {k: v * 1e6 for k, v in timings.items()}  # microseconds
+        print(f"  {name:<28} " + "  ".join(f"{k}={v * 1e6:8.1f}µs" for k, v in timings.items()), file=sys.stderr)
+
+    with torch.no_grad():
+        # Empty trace, one saved output, and the untraced wrapped model (5-module MLP).
+        bare_net = mlp()
+        model = lib.NNsight(mlp())
+        bare = median_seconds(lambda: bare_net(x), repeats, label="mlp bare")
+
+        def empty():
+            with model.trace(x):
+                pass
+
+        def save_one():
+            with model.trace(x):
+                h = model[2].output.save()
+
+        def one_hook():
+            saved, handles = hooked_save(bare_net, [bare_net[2]])
+            bare_net(x)
+            for h in handles:
+                h.remove()
+
+        record("mlp_empty_trace", bare=bare, lib=median_seconds(empty, repeats, label="mlp empty trace"))
+        record("mlp_save_one", bare=bare, hooks=median_seconds(one_hook, repeats, label="mlp hook one"),
+               lib=median_seconds(save_one, repeats, label="mlp save one"))
+        record("mlp_untraced", bare=median_seconds(lambda: bare_net(x), repeats, label="mlp bare", inner=20),
+               lib=median_seconds(lambda: model(x), repeats, label="mlp wrapped, untraced", inner=20))
+
+        # Saving all / only the last of n Linear(16,16).
+        for n in SIZES:
+            bare_net = stack(n)
+            model = lib.NNsight(stack(n))
+            layers = list(model)
+
+            def save_all():
+                with model.trace(x):
+                    outs = [layer.output.save() for layer in layers]
+
+            def save_last():
+                with model.trace(x):
+                    last = layers[-1].output.save()
+
+            def hook_all():
+                saved, handles = hooked_save(bare_net, list(bare_net))
+                bare_net(x)
+                for h in handles:
+                    h.remove()
+
+            def hook_last():
+                saved, handles = hooked_save(bare_net, [bare_net[-1]])
+                bare_net(x)
+                for h in handles:
+                    h.remove()
+
+            bare = median_seconds(lambda: bare_net(x), repeats, label=f"stack{n} bare")
+            record(f"stack{n}_save_all", bare=bare, hooks=median_seconds(hook_all, repeats, label=f"stack{n} hooks all"),
+                   lib=median_seconds(save_all, repeats, label=f"stack{n} save all"))
+            record(f"stack{n}_save_last", bare=bare,
+                   hooks=median_seconds(hook_last, repeats, label=f"stack{n} hook last"),
+                   lib=median_seconds(save_last, repeats, label=f"stack{n} save last"))
+            record(f"stack{n}_untraced", bare=median_seconds(lambda: bare_net(x), repeats, label=f"stack{n} bare"),
+                   lib=median_seconds(lambda: model(x), repeats, label=f"stack{n} untraced"))
+
+    if lib_name == "nnsight_fast":
+        results["handoff_round_trip"] = {"lib": handoff_round_trip(repeats) * 1e6}
+        print(f"  handoff_round_trip           lib={results['handoff_round_trip']['lib']:8.2f}µs", file=sys.stderr)
+    return results
+
+
+def handoff_round_trip(repeats: int) -> float:
+    """One model ⇄ mediator handoff: the model serves a value, the worker parks again."""
+    from nnsight_fast.workers import POOL
+
+    rounds = 2000
+    worker = POOL.acquire()
+    channel = worker.channel
+
+    def job():
+        for _ in range(rounds + 1):
+            channel.park()
+        return False
+
+    samples = []
+    for _ in range(max(3, repeats // 100)):
+        channel.start(job)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            channel.serve(None)
+        samples.append((time.perf_counter() - start) / rounds)
+        channel.serve(None)  # lets the job finish
+    POOL.release(worker)
+    return sorted(samples)[len(samples) // 2]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lib", default="nnsight_fast")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--out", required=True)
+    arguments = parser.parse_args()
+    lib_module = importlib.import_module(arguments.lib)
+    version = getattr(lib_module, "__version__", "")
+    print(f"{arguments.lib} {version} (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=sys.stderr)
+    data = {"lib": arguments.lib, "version": str(version), "torch": torch.__version__,
+            "results": run(arguments.lib, arguments.repeats)}
+    with open(arguments.out, "w") as f:
+        json.dump(data, f, indent=1)

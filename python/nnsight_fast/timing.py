@@ -1,0 +1,39 @@
+"""Timing helpers shared by the demo and bench/: medians with a progress line.
+
+    per_call = median_seconds(lambda: model(x), repeats=200, label="bare forward")
+    print_table([("bare", per_call, 1.0), ...])
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Callable
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 200, warmup: int = 20, label: str = "",
+                   inner: int = 1) -> float:
+    """Median wall time of one call of `fn` (each sample runs it `inner` times)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    step = max(1, repeats // 20)
+    for i in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner)
+        if label and (i % step == 0 or i == repeats - 1):
+            sys.stderr.write(f"\r  timing {label:<40} {i + 1:>5}/{repeats}")
+            sys.stderr.flush()
+    if label:
+        sys.stderr.write("\r" + " " * 70 + "\r")
+    return statistics.median(samples)
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
