@@ -20,8 +20,19 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from nnsight_fast.timing import median_seconds  # noqa: E402  (plain helper, no native code)
+
+def _load_timing():
+    """nnsight_fast/timing.py by path: the nnsight process must not import nnsight_fast."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "nnsight_fast", "timing.py")
+    spec = importlib.util.spec_from_file_location("bench_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+median_seconds = _load_timing().median_seconds
 
 SIZES = (8, 32, 128)
 
