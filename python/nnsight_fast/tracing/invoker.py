@@ -46,7 +46,8 @@ class Invoker:
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        if not self._capture.skipped(kind):
+        capture, self._capture = self._capture, None
+        if not capture.skipped(kind):
             return False
-        self.tracer.add_invoke(Invoke(self._capture.compile(), self.inputs))
+        self.tracer.add_invoke(Invoke(capture.compile(), self.inputs))
         return True

@@ -50,9 +50,10 @@ class Tracer:
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        if not self._capture.skipped(kind):
+        capture, self._capture = self._capture, None  # no frame <-> tracer cycle after the trace
+        if not capture.skipped(kind):
             return False
-        body = self._capture.compile()
+        body = capture.compile()
         try:
             if self._inputs is not None:
                 self._invokes.append(Invoke(body, self._inputs))
