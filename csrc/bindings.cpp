@@ -73,11 +73,7 @@ PYBIND11_MODULE(_native, m) {
       .def("park", [](Channel& c) { return steal_or_throw(c.park()); })
       .def("finish", &Channel::finish)
       .def("set_swap", [](Channel& c, py::object value) { c.set_swap(value.ptr()); })
-      .def("set_skip", [](Channel& c, py::object value) { c.set_skip(value.ptr()); })
-      .def("take_swap", [](Channel& c) {
-        PyObject* swap = c.take_swap();
-        return swap ? py::reinterpret_steal<py::object>(swap) : py::none();
-      });
+      .def("set_skip", [](Channel& c, py::object value) { c.set_skip(value.ptr()); });
 
   py::class_<Trace>(m, "Trace")
       .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
@@ -87,7 +83,6 @@ PYBIND11_MODULE(_native, m) {
       })
       .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
       .def("parked", [](Trace& t) { return t.state.parked(); })
-      .def("observe", [](Trace& t, int location, bool on) { t.state.observe(location, on); })
       .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
       .def("add_mediator",
            [](Trace& t, py::object channel, int64_t row_start, int64_t row_count) {
@@ -95,7 +90,6 @@ PYBIND11_MODULE(_native, m) {
              t.channels.push_back(channel);
              return t.state.add_mediator(MediatorSlot{native, row_start, row_count});
            })
-      .def("reset_visits", [](Trace& t) { t.state.reset_visits(); })
       .def("activate",
            [](Trace& t) {
              if (t.active) throw py::value_error("this trace is already running");

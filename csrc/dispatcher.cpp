@@ -80,17 +80,6 @@ std::vector<std::tuple<int, int, int64_t>> TraceState::parked() const {
   return out;
 }
 
-void TraceState::observe(int location, bool on) {
-  if (static_cast<size_t>(location) >= wanted_.size()) grow(location);
-  if (on) {
-    ++wanted_[location];
-  } else if (wanted_[location] > 0) {
-    --wanted_[location];
-  }
-}
-
-void TraceState::reset_visits() { std::fill(visit_counts_.begin(), visit_counts_.end(), 0); }
-
 TraceState* active_trace() { return tls_active_trace; }
 
 TraceState* set_active_trace(TraceState* trace) {

@@ -60,7 +60,7 @@ class TraceState {
     if (static_cast<size_t>(location) >= visit_counts_.size()) grow(location);
     return visit_counts_[location]++;
   }
-  // True when some mediator or observer waits at `location`.
+  // True when some mediator waits at `location`.
   bool wanted(int location) const {
     return static_cast<size_t>(location) < wanted_.size() && wanted_[location] != 0;
   }
@@ -77,9 +77,6 @@ class TraceState {
   // All parked requests as (location, mediator, occurrence).
   std::vector<std::tuple<int, int, int64_t>> parked() const;
 
-  // Observers (cache, hook handlers) want every visit of a location.
-  void observe(int location, bool on);
-
   // Batch layout: set once per trace, before the model runs.
   void set_batch(int64_t batch_size, int input_invokes) {
     batch_size_ = batch_size;
@@ -94,9 +91,6 @@ class TraceState {
   }
   const MediatorSlot& mediator(int index) const { return mediators_[index]; }
   int mediator_count() const { return static_cast<int>(mediators_.size()); }
-
-  // Clears visit counts (a new forward pass of the same trace, e.g. a session step).
-  void reset_visits();
 
  private:
   void grow(int location);

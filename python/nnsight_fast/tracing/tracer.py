@@ -136,8 +136,6 @@ class Tracer:
             self._interleave(native, args, kwargs)
         finally:
             for mediator in self.mediators:
-                if mediator.channel.busy:
-                    mediator.channel.cancel()
                 if mediator.namespace is not None:
                     self._namespaces.append(mediator.namespace)
             for worker in workers:
