@@ -55,6 +55,14 @@ class Envoy:
             if not hasattr(type(self), name):
                 self.__dict__[name] = envoy
 
+    def _rebind(self, module: torch.nn.Module) -> None:
+        """Points this Envoy (and its children, by name) at `module`, e.g. once real weights are loaded."""
+        self.__dict__["_module"] = module
+        self._root._gate_module(module, self.path)
+        for name, child in module.named_children():
+            if name in self._children:
+                self._children[name]._rebind(child)
+
     # ---- values in a trace ----
     @property
     def output(self) -> Any:

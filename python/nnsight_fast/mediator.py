@@ -42,6 +42,9 @@ class Mediator:
         self.native_trace = native_trace
         self.iteration = 0
         self.offsets: dict[str, int] = {}
+        self.waiting: tuple[int, int] | None = None
+        self.requests_made = 0
+        self.loops: list = []  # the Iterations loops this body is inside, innermost last
         self.location = -1
         self.occurrence = -1
         self.value: Any = None
@@ -76,12 +79,16 @@ class Mediator:
         if self.native_trace.visits(location) > occurrence:
             raise self.out_of_order(location, occurrence)
         self.native_trace.park(location, self.index, occurrence)
+        self.requests_made += 1
+        self.waiting = (location, occurrence)
         try:
             value = self.channel.park()
         except Cancelled:
             if self.pending_error is not None:
                 raise self.pending_error from None
             raise
+        finally:
+            self.waiting = None
         self.location = location
         self.occurrence = occurrence
         self.value = value

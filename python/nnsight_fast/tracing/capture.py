@@ -21,6 +21,7 @@ locals come back in one dict when it ends (normally or not).
 from __future__ import annotations
 
 import ast
+import copy
 import ctypes
 import linecache
 import sys
@@ -29,8 +30,51 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import SkipBody
+from .iteration import LoopEnd
 
 _SINK = "__nnsight_fast_collect__"
+_LOOP_END = "__nnsight_fast_LoopEnd__"
+
+
+class _EndableLoops(ast.NodeTransformer):
+    """Rewrites each `for` of the body (not of nested functions) so that a `LoopEnd`
+    raised for that very loop ends it and the code after it runs:
+
+        __it = <iterable>
+        try:
+            for <target> in __it: <body>
+        except LoopEnd as end:
+            if end.loop is not __it: raise
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _keep(self, node):
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _keep
+
+    def visit_For(self, node: ast.For):
+        self.generic_visit(node)
+        name = f"__nnsight_fast_loop_{self.count}__"
+        self.count += 1
+        assign = ast.Assign(targets=[ast.Name(name, ast.Store())], value=node.iter)
+        node.iter = ast.Name(name, ast.Load())
+        ended = ast.If(
+            test=ast.Compare(
+                left=ast.Attribute(ast.Name("__nnsight_fast_end__", ast.Load()), "loop", ast.Load()),
+                ops=[ast.IsNot()],
+                comparators=[ast.Name(name, ast.Load())],
+            ),
+            body=[ast.Raise()],
+            orelse=[],
+        )
+        handler = ast.ExceptHandler(type=ast.Name(_LOOP_END, ast.Load()), name="__nnsight_fast_end__", body=[ended])
+        guarded = ast.Try(body=[node], handlers=[handler], orelse=[], finalbody=[])
+        for new in (assign, ended, handler, guarded):
+            ast.copy_location(new, node)
+        return [assign, guarded]
 
 
 
@@ -48,7 +92,7 @@ class CapturedBody:
 
     def run(self, collect: Callable[[dict], None]) -> Any:
         """Runs the body; `collect` receives its locals when it ends, however it ends."""
-        return self.function(collect, *self.arguments)
+        return self.function(collect, LoopEnd, *self.arguments)
 
 
 class BodyCapture:
@@ -124,7 +168,8 @@ class _Site:
         )
 
     def compile(self, parameters: tuple) -> types.CodeType:
-        body = self.statement.body
+        body = [_EndableLoops().visit(copy.deepcopy(statement)) for statement in self.statement.body]
+        body = [node for item in body for node in (item if isinstance(item, list) else [item])]
         first = body[0]
         collect = ast.Expr(
             ast.Call(
@@ -136,7 +181,7 @@ class _Site:
         wrapped = ast.Try(body=body, handlers=[], orelse=[], finalbody=[collect])
         arguments = ast.arguments(
             posonlyargs=[],
-            args=[ast.arg(_SINK)] + [ast.arg(name) for name in parameters],
+            args=[ast.arg(_SINK), ast.arg(_LOOP_END)] + [ast.arg(name) for name in parameters],
             kwonlyargs=[],
             kw_defaults=[],
             defaults=[],

@@ -18,6 +18,7 @@ a traceback that ends at the user's line; after any error the model is clean.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
@@ -28,6 +29,7 @@ from ..saving import enter_scope
 from ..workers import POOL
 from .capture import BodyCapture, write_back
 from .invoker import Invoke, Invoker
+from .iteration import Iterations, LoopEnd
 
 if TYPE_CHECKING:
     from ..model import NNsight
@@ -43,6 +45,8 @@ class Tracer:
         self._capture: BodyCapture | None = None
         self.running = False
         self.mediators: list[Mediator] = []
+        self._native = None
+        self._warnings: list[str] = []
 
     # ---- the `with` statement ----
     def __enter__(self) -> "Tracer":
@@ -84,6 +88,24 @@ class Tracer:
         """A batch entry with its own body; no arguments: the whole batch."""
         return Invoker(self, args, kwargs)
 
+    @property
+    def iter(self) -> Iterations:
+        """Steps of the run: `for step in tracer.iter[a:b]` (also `[i]`, `[[i, j]]`, `[:]`)."""
+        return Iterations(self.model._input_location)
+
+    def all(self) -> Iterations:
+        """Every step the run makes: `for step in tracer.all(): ...`."""
+        return Iterations(self.model._input_location)
+
+    def next(self, step: int = 1) -> "Tracer":
+        """Later requests in this invoke refer to the step `step` further on."""
+        mediator = current_mediator()
+        if mediator is None or mediator.tracer is not self:
+            raise outside_trace_error("tracer.next")
+        mediator.iteration += step
+        mediator.offsets.clear()
+        return self
+
     def stop(self) -> None:
         """Ends the trace here: the model stops, values saved so far are kept."""
         raise EarlyStop()
@@ -94,7 +116,7 @@ class Tracer:
         mediator = current_mediator()
         if mediator is None or mediator.tracer is not self:
             raise outside_trace_error("result")
-        return mediator.request(self.model._result_location, mediator.iteration)
+        return mediator.request(self.model._result_location, 0)
 
     def record_save(self, value: Any) -> None:
         self._saved[id(value)] = value
@@ -146,36 +168,66 @@ class Tracer:
         model = self.model
         model_error: BaseException | None = None
         native.activate()
+        self._native = native
         self.running = True
         try:
             started = all(
                 mediator.channel.start(mediator.job) != _native.Outcome.Failed for mediator in self.mediators
             )
             if started:
-                result = model._run(args, kwargs)
+                result = self._call_model(args, kwargs)
                 native.serve(model._result_location, result)
-                for mediator in self.mediators:
-                    if mediator.channel.busy:  # parked on a location the model never reached
-                        location, _, occurrence = next(p for p in native.parked() if p[1] == mediator.index)
-                        mediator.pending_error = mediator.out_of_order(location, occurrence)
-                        if mediator.channel.cancel() == _native.Outcome.Failed:
-                            break
+                self._end_unserved_requests()
         except Abort:
             pass
         except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
             model_error = error
         finally:
             self.running = False
+            self._native = None
             native.deactivate()
             for mediator in self.mediators:
                 if mediator.channel.busy:
                     mediator.channel.cancel()
+        for message in self._warnings:
+            warnings.warn(message, UserWarning, stacklevel=4)
+        self._warnings.clear()
         for mediator in self.mediators:
             failure = mediator.error
-            if failure is not None and not isinstance(failure, Cancelled):
+            if isinstance(failure, LoopEnd):  # a loop the body could not catch (e.g. in a comprehension)
+                warnings.warn(f"tracer.iter: the run ended at step {failure.steps_made}; the loop at step "
+                              f"{failure.step} was cut and the rest of that invoke did not run", UserWarning,
+                              stacklevel=3)
+            elif failure is not None and not isinstance(failure, Cancelled):
                 raise failure
         if model_error is not None:
             raise model_error
+
+    def _call_model(self, args: tuple, kwargs: dict) -> Any:
+        result = self.model._run(args, kwargs)
+        self._end_loops()
+        return result
+
+    def _end_loops(self) -> None:
+        """The model made its last step: loops waiting for another step end there, and the
+        code after them runs (it may still ask for what comes after the steps)."""
+        steps_made = self._native.visits(self.model._input_location)
+        for mediator in self.mediators:
+            while mediator.channel.busy and mediator.loops:
+                end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made)
+                if end.warning():
+                    self._warnings.append(end.warning())
+                mediator.pending_error = end
+                mediator.channel.cancel()
+                mediator.pending_error = None
+
+    def _end_unserved_requests(self) -> None:
+        """The run is over: a request still parked will never be served (OutOfOrderError)."""
+        self._end_loops()
+        for mediator in self.mediators:
+            while mediator.channel.busy and mediator.waiting is not None:
+                mediator.pending_error = mediator.out_of_order(*mediator.waiting)
+                mediator.channel.cancel()
 
     def _write_back(self, frame) -> None:
         saved = self._saved

@@ -1,0 +1,1 @@
+"""Model classes built on NNsight: language models (transformers)."""
