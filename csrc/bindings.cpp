@@ -83,6 +83,12 @@ PYBIND11_MODULE(_native, m) {
       })
       .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
       .def("parked", [](Trace& t) { return t.state.parked(); })
+      .def("serving", [](Trace& t, int location, int64_t occurrence) { return t.state.serving(location, occurrence); })
+      .def("release", [](Trace& t, int mediator) { t.state.release(mediator); })
+      .def("resume_released",
+           [](Trace& t) {
+             if (!resume_released(&t.state)) throw py::error_already_set();
+           })
       .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
       .def("add_mediator",
            [](Trace& t, py::object channel, int64_t row_start, int64_t row_count) {

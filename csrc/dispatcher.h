@@ -74,6 +74,24 @@ class TraceState {
   void unpark(int mediator);
   // Moves the mediators parked at (location, occurrence) into `ready`, in mediator order.
   void take(int location, int64_t occurrence, std::vector<int>& ready);
+  // The (location, occurrence) whose value the model thread is handing out now;
+  // a mediator released from a barrier may still ask for it.
+  void set_serving(int location, int64_t occurrence) {
+    serving_location_ = location;
+    serving_occurrence_ = occurrence;
+  }
+  bool serving(int location, int64_t occurrence) const {
+    return serving_location_ == location && serving_occurrence_ == occurrence;
+  }
+  // Mediators released from a barrier, waiting for the model thread to resume them.
+  void release(int mediator) { released_.push_back(mediator); }
+  bool take_released(int& mediator) {
+    if (released_.empty()) return false;
+    mediator = released_.front();
+    released_.erase(released_.begin());
+    return true;
+  }
+
   // All parked requests as (location, mediator, occurrence).
   std::vector<std::tuple<int, int, int64_t>> parked() const;
 
@@ -100,6 +118,9 @@ class TraceState {
   std::vector<uint32_t> wanted_;
   std::unordered_map<int, std::vector<ParkedRequest>> parked_;
   std::vector<MediatorSlot> mediators_;
+  std::vector<int> released_;
+  int serving_location_ = -1;
+  int64_t serving_occurrence_ = -1;
   int64_t batch_size_ = -1;
   int input_invokes_ = 0;
 };

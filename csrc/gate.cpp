@@ -190,48 +190,76 @@ void set_abort_type(PyObject* type) {
   Py_XSETREF(g_abort_type, type);
 }
 
+bool resume_released(TraceState* trace) {
+  int index;
+  while (trace->take_released(index)) {
+    auto* channel = static_cast<Channel*>(trace->mediator(index).channel);
+    if (channel->serve(Py_None) == Outcome::Failed) {
+      PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
+      return false;
+    }
+  }
+  return true;
+}
+
+namespace {
+
+// Serves one mediator; returns false with an error set when it failed.
+bool serve_one(TraceState* trace, int index, PyObject*& current, PyObject** skip) {
+  const MediatorSlot& slot = trace->mediator(index);
+  auto* channel = static_cast<Channel*>(slot.channel);
+  const bool narrowed = trace->narrows() && slot.row_count >= 0;
+  const int64_t batch = trace->batch_size();
+  PyObject* view = narrowed ? narrow_value(current, slot, batch) : (Py_INCREF(current), current);
+  if (view == nullptr) return false;
+  const Outcome outcome = channel->serve(view);
+  Py_DECREF(view);
+  PyObject* swap = channel->take_swap();
+  if (swap != nullptr) {
+    PyObject* widened = narrowed ? widen_value(current, swap, slot, batch) : (Py_INCREF(swap), swap);
+    Py_DECREF(swap);
+    if (widened == nullptr) return false;
+    Py_SETREF(current, widened);
+  }
+  PyObject* skipped = channel->take_skip();
+  if (skipped != nullptr) {
+    if (skip != nullptr) {
+      Py_XSETREF(*skip, skipped);
+    } else {
+      Py_DECREF(skipped);
+    }
+  }
+  if (outcome == Outcome::Failed) {
+    PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip) {
   std::vector<int> ready;
-  trace->take(location, occurrence, ready);
   Py_INCREF(value);
   PyObject* current = value;
-  const bool narrows = trace->narrows();
-  const int64_t batch = trace->batch_size();
-  for (int index : ready) {
-    const MediatorSlot& slot = trace->mediator(index);
-    auto* channel = static_cast<Channel*>(slot.channel);
-    const bool narrowed = narrows && slot.row_count >= 0;
-    PyObject* view = narrowed ? narrow_value(current, slot, batch) : (Py_INCREF(current), current);
-    if (view == nullptr) {
-      Py_DECREF(current);
-      return nullptr;
+  trace->set_serving(location, occurrence);
+  bool ok = true;
+  // Mediators a barrier releases meanwhile may ask for this same value: keep going
+  // until nobody waits here any more.
+  for (;;) {
+    trace->take(location, occurrence, ready);
+    if (ready.empty()) break;
+    for (int index : ready) {
+      ok = serve_one(trace, index, current, skip) && resume_released(trace);
+      if (!ok) break;
     }
-    const Outcome outcome = channel->serve(view);
-    Py_DECREF(view);
-    PyObject* swap = channel->take_swap();
-    if (swap != nullptr) {
-      PyObject* widened = narrowed ? widen_value(current, swap, slot, batch) : (Py_INCREF(swap), swap);
-      Py_DECREF(swap);
-      if (widened == nullptr) {
-        Py_DECREF(current);
-        return nullptr;
-      }
-      Py_SETREF(current, widened);
-    }
-    PyObject* skipped = channel->take_skip();
-    if (skipped != nullptr) {
-      if (skip != nullptr) {
-        Py_XSETREF(*skip, skipped);
-      } else {
-        Py_DECREF(skipped);
-      }
-    }
-    if (outcome == Outcome::Failed) {
-      Py_DECREF(current);
-      if (skip != nullptr) Py_CLEAR(*skip);
-      PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
-      return nullptr;
-    }
+    if (!ok) break;
+  }
+  trace->set_serving(-1, -1);
+  if (!ok) {
+    Py_DECREF(current);
+    if (skip != nullptr) Py_CLEAR(*skip);
+    return nullptr;
   }
   return current;
 }

@@ -28,6 +28,10 @@ bool is_gate(PyObject* object);
 // `skip` is given. Returns nullptr with `Abort` set when a mediator failed.
 PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip);
 
+// Resumes the mediators a barrier released (they continue until they park or end).
+// Returns false with `Abort` set when one failed.
+bool resume_released(TraceState* trace);
+
 // The exception a Gate raises to unwind the model when a mediator failed.
 void set_abort_type(PyObject* type);
 

@@ -45,6 +45,7 @@ class Mediator:
         self.waiting: tuple[int, int] | None = None
         self.requests_made = 0
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
+        self.at_barrier = None  # the Barrier this body waits at
         self.location = -1
         self.occurrence = -1
         self.value: Any = None
@@ -76,23 +77,30 @@ class Mediator:
     def request(self, location: int, occurrence: int) -> Any:
         if location == self.location and occurrence == self.occurrence:
             return self.value
-        if self.native_trace.visits(location) > occurrence:
+        if self.native_trace.visits(location) > occurrence and not self.native_trace.serving(location, occurrence):
             raise self.out_of_order(location, occurrence)
         self.native_trace.park(location, self.index, occurrence)
         self.requests_made += 1
         self.waiting = (location, occurrence)
         try:
-            value = self.channel.park()
-        except Cancelled:
-            if self.pending_error is not None:
-                raise self.pending_error from None
-            raise
+            value = self.park()
         finally:
             self.waiting = None
         self.location = location
         self.occurrence = occurrence
         self.value = value
         return value
+
+    def park(self) -> Any:
+        """Hands the turn to the model thread until it serves a value or resumes this body.
+
+        When the trace ends instead, raises the error the tracer chose (`pending_error`)."""
+        try:
+            return self.channel.park()
+        except Cancelled:
+            if self.pending_error is not None:
+                raise self.pending_error from None
+            raise
 
     def out_of_order(self, location: int, occurrence: int) -> OutOfOrderError:
         name = self.tracer.model._dispatcher.name(location)

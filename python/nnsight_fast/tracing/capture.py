@@ -21,6 +21,7 @@ locals come back in one dict when it ends (normally or not).
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import ctypes
 import linecache
@@ -142,12 +143,19 @@ class BodyCapture:
         site = self.site
         names = frame.f_locals
         parameters = tuple(name for name in site.names if name in names)
-        function_code = site.compiled.get(parameters)
+        # Names the body uses that nothing defines yet become unbound locals, so a
+        # barrier can hand them over from another invoke.
+        late = tuple(
+            name for name in site.names
+            if name not in names and name not in frame.f_globals and not hasattr(builtins, name)
+        )
+        function_code = site.compiled.get((parameters, late))
         if function_code is None:
-            function_code = site.compile(parameters)
-            site.compiled[parameters] = function_code
+            function_code = site.compile(parameters, late)
+            site.compiled[(parameters, late)] = function_code
         function = types.FunctionType(function_code, frame.f_globals, "<traced block>")
-        return CapturedBody(function, tuple(names[name] for name in parameters), frame)
+        arguments = tuple(names[name] for name in parameters) + (None,) * len(late)
+        return CapturedBody(function, arguments, frame)
 
 
 @dataclass
@@ -167,10 +175,14 @@ class _Site:
             for s in self.statement.body
         )
 
-    def compile(self, parameters: tuple) -> types.CodeType:
+    def compile(self, parameters: tuple, late: tuple) -> types.CodeType:
         body = [_EndableLoops().visit(copy.deepcopy(statement)) for statement in self.statement.body]
         body = [node for item in body for node in (item if isinstance(item, list) else [item])]
         first = body[0]
+        if late:
+            unbind = ast.Delete(targets=[ast.Name(name, ast.Del()) for name in late])
+            ast.copy_location(unbind, first)
+            body = [unbind] + body
         collect = ast.Expr(
             ast.Call(
                 ast.Name(_SINK, ast.Load()),
@@ -181,7 +193,7 @@ class _Site:
         wrapped = ast.Try(body=body, handlers=[], orelse=[], finalbody=[collect])
         arguments = ast.arguments(
             posonlyargs=[],
-            args=[ast.arg(_SINK), ast.arg(_LOOP_END)] + [ast.arg(name) for name in parameters],
+            args=[ast.arg(_SINK), ast.arg(_LOOP_END)] + [ast.arg(name) for name in parameters + late],
             kwonlyargs=[],
             kw_defaults=[],
             defaults=[],
@@ -239,11 +251,14 @@ def _find_site(filename: str, line: int) -> _Site:
             f"Cannot find a `with` block at {filename}:{line} whose body starts on its own line "
             "(was the file changed since it was imported?)"
         )
-    names = []
+    names, declared = [], set()
     for statement in found.body:
         for node in ast.walk(statement):
             if isinstance(node, ast.Name) and node.id not in names:
                 names.append(node.id)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                declared.update(node.names)
+    names = [name for name in names if name not in declared]
     return _Site(filename, found, tuple(names), {})
 
 

@@ -28,6 +28,7 @@ from ..mediator import Mediator, current_mediator
 from ..saving import enter_scope
 from ..workers import POOL
 from .capture import BodyCapture, write_back
+from .barrier import Barrier
 from .invoker import Invoke, Invoker
 from .iteration import Iterations, LoopEnd
 
@@ -47,6 +48,7 @@ class Tracer:
         self.mediators: list[Mediator] = []
         self._native = None
         self._warnings: list[str] = []
+        self.shared_variables: dict[str, Any] = {}
 
     # ---- the `with` statement ----
     def __enter__(self) -> "Tracer":
@@ -105,6 +107,10 @@ class Tracer:
         mediator.iteration += step
         mediator.offsets.clear()
         return self
+
+    def barrier(self, participants: int) -> Barrier:
+        """A point that `participants` invokes reach together (see tracing/barrier.py)."""
+        return Barrier(self, participants)
 
     def stop(self) -> None:
         """Ends the trace here: the model stops, values saved so far are kept."""
@@ -171,13 +177,13 @@ class Tracer:
         self._native = native
         self.running = True
         try:
-            started = all(
-                mediator.channel.start(mediator.job) != _native.Outcome.Failed for mediator in self.mediators
-            )
-            if started:
-                result = self._call_model(args, kwargs)
-                native.serve(model._result_location, result)
-                self._end_unserved_requests()
+            for mediator in self.mediators:
+                if mediator.channel.start(mediator.job) == _native.Outcome.Failed:
+                    raise Abort()
+                native.resume_released()
+            result = self._call_model(args, kwargs)
+            native.serve(model._result_location, result)
+            self._end_unserved_requests()
         except Abort:
             pass
         except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
@@ -197,7 +203,7 @@ class Tracer:
             if isinstance(failure, LoopEnd):  # a loop the body could not catch (e.g. in a comprehension)
                 warnings.warn(f"tracer.iter: the run ended at step {failure.steps_made}; the loop at step "
                               f"{failure.step} was cut and the rest of that invoke did not run", UserWarning,
-                              stacklevel=3)
+                              stacklevel=4)
             elif failure is not None and not isinstance(failure, Cancelled):
                 raise failure
         if model_error is not None:
@@ -227,6 +233,9 @@ class Tracer:
         for mediator in self.mediators:
             while mediator.channel.busy and mediator.waiting is not None:
                 mediator.pending_error = mediator.out_of_order(*mediator.waiting)
+                mediator.channel.cancel()
+            if mediator.channel.busy and mediator.at_barrier is not None:
+                mediator.pending_error = ValueError(mediator.at_barrier.missing_message())
                 mediator.channel.cancel()
 
     def _write_back(self, frame) -> None:
