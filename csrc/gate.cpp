@@ -70,6 +70,32 @@ PyObject* call_with_inputs(PyObject* forward, PyObject* inputs) {
   return out;
 }
 
+// The module's output when mediators asked to skip it. Without batch narrowing the
+// (last) skip value is the output and the module does not run. With several
+// invokes a skip covers only its invoke's rows: the module runs on the batch and
+// each skip value replaces its invoke's rows.
+PyObject* apply_skips(GateObject* self, TraceState* trace, PyObject* inputs, std::vector<SkipRequest>& skips) {
+  PyObject* result = nullptr;
+  if (!trace->narrows()) {
+    result = skips.back().value;
+    Py_INCREF(result);
+  } else {
+    result = call_with_inputs(self->forward, inputs);
+    for (const SkipRequest& skip : skips) {
+      if (result == nullptr) break;
+      const MediatorSlot& slot = trace->mediator(skip.mediator);
+      if (slot.row_count < 0) {
+        Py_SETREF(result, (Py_INCREF(skip.value), skip.value));
+      } else {
+        Py_SETREF(result, widen_value(result, skip.value, slot, trace->batch_size()));
+      }
+    }
+  }
+  for (SkipRequest& skip : skips) Py_DECREF(skip.value);
+  skips.clear();
+  return result;
+}
+
 PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args, size_t nargsf,
                       PyObject* kwnames) {
   const int64_t in_occurrence = trace->visit(self->input_location);
@@ -77,11 +103,11 @@ PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args
   if (trace->wanted(self->input_location)) {
     PyObject* inputs = pack_inputs(args, nargsf, kwnames);
     if (inputs == nullptr) return nullptr;
-    PyObject* skip = nullptr;
-    PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skip);
+    std::vector<SkipRequest> skips;
+    PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skips);
     Py_DECREF(inputs);
     if (served == nullptr) return nullptr;
-    result = skip != nullptr ? skip : call_with_inputs(self->forward, served);
+    result = skips.empty() ? call_with_inputs(self->forward, served) : apply_skips(self, trace, served, skips);
     Py_DECREF(served);
   } else {
     result = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
@@ -205,7 +231,7 @@ bool resume_released(TraceState* trace) {
 namespace {
 
 // Serves one mediator; returns false with an error set when it failed.
-bool serve_one(TraceState* trace, int index, PyObject*& current, PyObject** skip) {
+bool serve_one(TraceState* trace, int index, PyObject*& current, std::vector<SkipRequest>* skips) {
   const MediatorSlot& slot = trace->mediator(index);
   auto* channel = static_cast<Channel*>(slot.channel);
   const bool narrowed = trace->narrows() && slot.row_count >= 0;
@@ -223,8 +249,8 @@ bool serve_one(TraceState* trace, int index, PyObject*& current, PyObject** skip
   }
   PyObject* skipped = channel->take_skip();
   if (skipped != nullptr) {
-    if (skip != nullptr) {
-      Py_XSETREF(*skip, skipped);
+    if (skips != nullptr) {
+      skips->push_back(SkipRequest{index, skipped});
     } else {
       Py_DECREF(skipped);
     }
@@ -238,7 +264,8 @@ bool serve_one(TraceState* trace, int index, PyObject*& current, PyObject** skip
 
 }  // namespace
 
-PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip) {
+PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value,
+                         std::vector<SkipRequest>* skips) {
   std::vector<int> ready;
   Py_INCREF(value);
   PyObject* current = value;
@@ -250,7 +277,7 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
     trace->take(location, occurrence, ready);
     if (ready.empty()) break;
     for (int index : ready) {
-      ok = serve_one(trace, index, current, skip) && resume_released(trace);
+      ok = serve_one(trace, index, current, skips) && resume_released(trace);
       if (!ok) break;
     }
     if (!ok) break;
@@ -258,7 +285,10 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
   trace->set_serving(-1, -1);
   if (!ok) {
     Py_DECREF(current);
-    if (skip != nullptr) Py_CLEAR(*skip);
+    if (skips != nullptr) {
+      for (SkipRequest& skip : *skips) Py_DECREF(skip.value);
+      skips->clear();
+    }
     return nullptr;
   }
   return current;

@@ -11,6 +11,8 @@
 
 #include <Python.h>
 
+#include <vector>
+
 #include "dispatcher.h"
 
 namespace nnsight_fast {
@@ -22,11 +24,18 @@ PyObject* new_gate(PyObject* forward, PyObject* owner, Dispatcher* dispatcher, i
                    int output_location);
 bool is_gate(PyObject* object);
 
+// A mediator's `skip(value)`: the output it wants for its rows instead of the module's.
+struct SkipRequest {
+  int mediator;
+  PyObject* value;  // owned
+};
+
 // Hands `value` to every mediator parked at (location, occurrence), in mediator
 // order, each seeing its rows; returns the value after their edits (new
-// reference). A mediator's skip value is stored in *skip (new reference) when
-// `skip` is given. Returns nullptr with `Abort` set when a mediator failed.
-PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value, PyObject** skip);
+// reference). Skip requests are appended to *skips when `skips` is given.
+// Returns nullptr with `Abort` set when a mediator failed.
+PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, PyObject* value,
+                         std::vector<SkipRequest>* skips);
 
 // Resumes the mediators a barrier released (they continue until they park or end).
 // Returns false with `Abort` set when one failed.

@@ -43,3 +43,20 @@ def _no_leftover_threads():
     assert all(not w.channel.busy for w in POOL._all)
     named = [t for t in threading.enumerate() if t.name == "nnsight_fast-mediator"]
     assert len(named) == len(POOL._all)
+
+
+@pytest.fixture(scope="session")
+def gpt2_folder(tmp_path_factory):
+    """A random-init 12-block GPT-2 and its tokenizer, saved with save_pretrained (no download)."""
+    pytest.importorskip("transformers")
+    from nnsight_fast.local_gpt2 import build_local_gpt2
+
+    return build_local_gpt2(str(tmp_path_factory.mktemp("gpt2")), n_layer=12, n_embd=64)
+
+
+@pytest.fixture(scope="session")
+def lm(gpt2_folder):
+    """One LanguageModel shared by the language-model tests (lazy until the first run)."""
+    from nnsight_fast import LanguageModel
+
+    return LanguageModel(gpt2_folder)

@@ -1,0 +1,189 @@
+"""Tracing generate: steps, steering, saving per step, stop, barrier — against hand-hooked generate."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+def hooked_generate(lm, prompts, hooks=(), **kwargs):
+    """Plain transformers generate with raw forward hooks [(module, hook), ...]."""
+    batch = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with torch.no_grad():
+            return lm._module.generate(**batch, pad_token_id=lm.tokenizer.pad_token_id, do_sample=False, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_generate_result_and_generator_output(lm):
+    with lm.generate(PROMPT, max_new_tokens=6, do_sample=False) as tracer:
+        ids = lm.generator.output.save()
+        result = tracer.result.save()
+    expected = hooked_generate(lm, [PROMPT], max_new_tokens=6)
+    assert torch.equal(ids, expected) and torch.equal(result, expected)
+
+
+def test_steering_every_step_equals_hand_hooked_generate(lm):
+    torch.manual_seed(1)
+    steer = torch.randn(64) * 4
+    with lm.generate(PROMPT, max_new_tokens=8, do_sample=False) as tracer:
+        logits = []
+        for step in tracer.all():
+            lm.transformer.h[5].output[:] += steer
+            logits.append(lm.lm_head.output)
+        logits.save()
+        tokens = tracer.result.save()
+
+    seen = []
+
+    def add(module, args, output):
+        return output + steer
+
+    expected = hooked_generate(
+        lm, [PROMPT], hooks=[(lm._module.transformer.h[5], add),
+                             (lm._module.lm_head, lambda m, a, o: seen.append(o))],
+        max_new_tokens=8,
+    )
+    plain = hooked_generate(lm, [PROMPT], max_new_tokens=8)
+    assert torch.equal(tokens, expected)
+    assert not torch.equal(tokens, plain)
+    assert len(logits) == len(seen) == 8
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(logits, seen))
+
+
+def test_iter_slices_ints_and_lists(lm):
+    calls = []
+    with lm.generate(PROMPT, max_new_tokens=5, do_sample=False) as tracer:
+        chosen = []
+        for step in tracer.iter[1:3]:
+            chosen.append((step, lm.transformer.h[0].output))
+        for step in tracer.iter[[3, 4]]:
+            chosen.append((step, lm.transformer.h[0].output))
+        chosen.save()
+    hooked_generate(lm, [PROMPT], hooks=[(lm._module.transformer.h[0], lambda m, a, o: calls.append(o))],
+                    max_new_tokens=5)
+    assert [s for s, _ in chosen] == [1, 2, 3, 4]
+    assert all(torch.allclose(value, calls[s], atol=1e-6) for s, value in chosen)
+
+    with lm.generate(PROMPT, max_new_tokens=5, do_sample=False) as tracer:
+        for step in tracer.iter[2]:
+            only = lm.transformer.h[0].output.save()
+    assert torch.allclose(only, calls[2], atol=1e-6)
+
+
+def test_tracer_next_and_envoy_next(lm):
+    calls = []
+    hooked_generate(lm, [PROMPT], hooks=[(lm._module.transformer.h[1], lambda m, a, o: calls.append(o))],
+                    max_new_tokens=4)
+    with lm.generate(PROMPT, max_new_tokens=4, do_sample=False) as tracer:
+        first = lm.transformer.h[1].output.save()
+        tracer.next()
+        second = lm.transformer.h[1].output.save()
+        fourth = lm.transformer.h[1].next(2).output.save()
+    assert torch.allclose(first, calls[0]) and torch.allclose(second, calls[1]) and torch.allclose(fourth, calls[3])
+
+
+def test_streamer_output_per_step(lm):
+    with lm.generate(PROMPT, max_new_tokens=4, do_sample=False) as tracer:
+        pieces = []
+        for step in tracer.all():
+            pieces.append(lm.generator.streamer.output)
+        pieces.save()
+        tokens = tracer.result.save()
+    prompt_length = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"].shape[1]
+    assert torch.equal(pieces[0].reshape(-1), tokens[0, :prompt_length])
+    assert [int(p.reshape(-1)[0]) for p in pieces[1:]] == tokens[0, prompt_length:].tolist()
+
+
+def test_a_step_the_run_never_makes_warns_and_ends_the_loop(lm):
+    with pytest.warns(UserWarning, match="step 3 was requested but the run made only 3"):
+        with lm.generate(PROMPT, max_new_tokens=3, do_sample=False) as tracer:
+            steps = []
+            for step in tracer.iter[0:10]:
+                steps.append(step)
+                hidden = lm.transformer.h[0].output
+            steps.save()
+            after = tracer.result.save()
+    assert steps == [0, 1, 2, 3] and after.shape[1] > 3
+
+
+def test_open_loops_end_quietly_and_never_spin(lm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lm.generate(PROMPT, max_new_tokens=5, do_sample=False) as tracer:
+            every_other = []
+            idle_steps = 0
+            for step in tracer.all():
+                if step % 2 == 0:
+                    every_other.append(lm.lm_head.output)
+            for step in tracer.iter[:]:
+                idle_steps += 1  # asks for nothing: still moves in step with the model
+            every_other.save()
+            idle_steps = torch.tensor(idle_steps).save()
+    assert len(every_other) == 3
+    assert int(idle_steps) >= 1
+
+
+def test_stop_mid_generation(lm):
+    with lm.generate(PROMPT, max_new_tokens=10, do_sample=False) as tracer:
+        kept = [].save()  # saved before the stop: code after the stop does not run
+        for step in tracer.all():
+            kept.append(lm.lm_head.output)
+            if step == 2:
+                tracer.stop()
+    assert len(kept) == 3
+
+
+def test_barrier_moves_embeddings_between_invokes(lm):
+    first_prompt, second_prompt = "Madison Square Garden is located in the city of", "_ _ _ _ _ _ _ _ _ _"
+    with lm.generate(max_new_tokens=3, do_sample=False) as tracer:
+        barrier = tracer.barrier(2)
+        with tracer.invoke(first_prompt):
+            embeddings = lm.transformer.wte.output
+            barrier()
+            output1 = lm.generator.output.save()
+        with tracer.invoke(second_prompt):
+            barrier()
+            lm.transformer.wte.output = embeddings
+            output2 = lm.generator.output.save()
+
+    state = {"first": True}
+
+    def copy_row(module, args, output):
+        if state["first"]:
+            state["first"] = False
+            output = output.clone()
+            output[1] = output[0]
+            return output
+        return output
+
+    expected = hooked_generate(lm, [first_prompt, second_prompt], hooks=[(lm._module.transformer.wte, copy_row)],
+                               max_new_tokens=3)
+    assert torch.equal(output1, expected[:1]) and torch.equal(output2, expected[1:])
+
+
+def test_barrier_not_reached_by_all(lm, clean):
+    with pytest.raises(ValueError, match=r"barrier\(2\) was reached by only 1"):
+        with lm.generate(max_new_tokens=2) as tracer:
+            barrier = tracer.barrier(2)
+            with tracer.invoke(PROMPT):
+                barrier()
+            with tracer.invoke(PROMPT):
+                out = lm.output.save()
+    clean()
+
+
+def test_invoking_while_generating_is_refused(lm, clean):
+    with pytest.raises(ValueError, match="Cannot invoke while the model runs"):
+        with lm.generate(max_new_tokens=2) as tracer:
+            with tracer.invoke(PROMPT):
+                with tracer.invoke(PROMPT):
+                    pass
+    clean()
