@@ -53,37 +53,36 @@ void Baton::give(Turn to) {
   if (sleepers_.load(std::memory_order_seq_cst) != 0) wake_all(&turn_);
 }
 
+void Baton::poke() {
+  if (sleepers_.load(std::memory_order_seq_cst) != 0) wake_all(&turn_);
+}
+
 bool Baton::wait_for(Turn me, int64_t timeout_us, int64_t spin_us) {
   const auto want = static_cast<uint32_t>(me);
   if (turn_.load(std::memory_order_acquire) == want) return true;
-
   const auto start = Clock::now();
-  for (int i = 0;; ++i) {
-    if (turn_.load(std::memory_order_acquire) == want) return true;
-    if ((i & 7) == 7) {
-      const int64_t spent = elapsed_us(start);
-      if (spent >= spin_us || (timeout_us >= 0 && spent >= timeout_us)) break;
-    }
-    sched_yield();
-  }
-
-  sleepers_.fetch_add(1, std::memory_order_seq_cst);
-  bool ok = true;
   for (;;) {
-    const uint32_t seen = turn_.load(std::memory_order_seq_cst);
-    if (seen == want) break;
+    // Spin (yielding the CPU) for a window ...
+    const auto spin_start = Clock::now();
+    for (int i = 0;; ++i) {
+      if (turn_.load(std::memory_order_acquire) == want) return true;
+      if ((i & 7) == 7) {
+        if (elapsed_us(spin_start) >= spin_us) break;
+        if (timeout_us >= 0 && elapsed_us(start) >= timeout_us) return false;
+      }
+      sched_yield();
+    }
+    // ... then sleep until the turn changes, a poke, or the timeout.
     int64_t left = -1;
     if (timeout_us >= 0) {
       left = timeout_us - elapsed_us(start);
-      if (left <= 0) {
-        ok = false;
-        break;
-      }
+      if (left <= 0) return false;
     }
-    sleep_while_equal(&turn_, seen, left);
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    const uint32_t seen = turn_.load(std::memory_order_seq_cst);
+    if (seen != want) sleep_while_equal(&turn_, seen, left);
+    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
-  sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-  return ok;
 }
 
 }  // namespace nnsight_fast

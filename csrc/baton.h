@@ -24,12 +24,16 @@ class Baton {
   // `timeout_us` < 0 waits forever. Returns false when the timeout passed first.
   bool wait_for(Turn me, int64_t timeout_us, int64_t spin_us = kSpinWindowUs);
   Turn turn() const { return static_cast<Turn>(turn_.load(std::memory_order_acquire)); }
+  // Wakes a sleeping waiter without handing over the turn: it spins for another
+  // window, so a handoff that is about to come finds it awake.
+  void poke();
 
-  // How long a waiter spins before sleeping (microseconds).
-  static constexpr int64_t kSpinWindowUs = 30;
-  // A worker spins longer: the model's next request (or the next trace in a loop)
-  // usually comes within a forward pass, and waking a sleeper costs ~25 µs.
-  static constexpr int64_t kWorkerSpinWindowUs = 250;
+  // How long the model thread spins for the worker's reply before sleeping (microseconds).
+  static constexpr int64_t kSpinWindowUs = 100;
+  // A worker shares the model thread's CPU (see Channel), so it spins only briefly:
+  // spinning there would slow the forward it waits for. The Gate pokes it awake
+  // when the module whose output it waits for starts.
+  static constexpr int64_t kWorkerSpinWindowUs = 20;
 
  private:
   std::atomic<uint32_t> turn_{0};

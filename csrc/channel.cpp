@@ -2,6 +2,12 @@
 
 #include <utility>
 
+#ifdef __linux__
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace nnsight_fast {
 namespace {
 
@@ -9,6 +15,16 @@ PyObject* g_cancelled_type = nullptr;
 
 // How often a waiting model thread wakes to look for Ctrl-C.
 constexpr int64_t kSignalPollUs = 20000;
+
+// Tuning knobs, read once at import (see README "Tuning"): how long each side spins
+// before sleeping, and whether the worker follows the model thread's CPU.
+int64_t env_us(const char* name, int64_t fallback) {
+  const char* v = getenv(name);
+  return v ? atoll(v) : fallback;
+}
+const int64_t kModelSpin = env_us("NNSIGHT_FAST_MODEL_SPIN_US", Baton::kSpinWindowUs);
+const int64_t kWorkerSpin = env_us("NNSIGHT_FAST_WORKER_SPIN_US", Baton::kWorkerSpinWindowUs);
+const bool kFollowCpu = env_us("NNSIGHT_FAST_FOLLOW_CPU", 1) != 0;
 
 }  // namespace
 
@@ -43,8 +59,24 @@ void Channel::apply_thread_state() {
   if (dispatch_keys_) c10::impl::_force_tls_local_dispatch_key_set(*dispatch_keys_);
 }
 
+// Runs the worker on the CPU the model thread is on: the two never run at the same
+// time, and sharing a core keeps the worker off the core where torch's own
+// intra-op threads spin after a parallel region (a wake there waits for preemption).
+void Channel::follow_model_cpu() {
+#ifdef __linux__
+  if (worker_tid_ == 0 || !kFollowCpu) return;
+  const int cpu = sched_getcpu();
+  if (cpu < 0 || cpu == worker_cpu_) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(worker_tid_, sizeof(set), &set) == 0) worker_cpu_ = cpu;
+#endif
+}
+
 Outcome Channel::hand_to_worker(Message message, PyObject* payload) {
   capture_thread_state();
+  follow_model_cpu();
   message_ = message;
   Py_XINCREF(payload);
   Py_XSETREF(payload_, payload);
@@ -52,7 +84,7 @@ Outcome Channel::hand_to_worker(Message message, PyObject* payload) {
 
   PyThreadState* saved = PyEval_SaveThread();
   baton_.give(Turn::Worker);
-  while (!baton_.wait_for(Turn::Model, kSignalPollUs)) {
+  while (!baton_.wait_for(Turn::Model, kSignalPollUs, kModelSpin)) {
     PyEval_RestoreThread(saved);
     if (PyErr_CheckSignals() < 0) {
       // Ctrl-C while user code runs in the worker: raise it there; the worker's
@@ -75,7 +107,7 @@ Channel::Message Channel::hand_to_model(Outcome outcome) {
   outcome_ = outcome;
   PyThreadState* saved = PyEval_SaveThread();
   baton_.give(Turn::Model);
-  baton_.wait_for(Turn::Worker, -1, Baton::kWorkerSpinWindowUs);
+  baton_.wait_for(Turn::Worker, -1, kWorkerSpin);
   PyEval_RestoreThread(saved);
   apply_thread_state();
   return message_;
@@ -97,8 +129,11 @@ void Channel::stop() {
 
 PyObject* Channel::next_job() {
   worker_ident_ = PyThread_get_thread_ident();
+#ifdef __linux__
+  worker_tid_ = static_cast<int>(syscall(SYS_gettid));
+#endif
   PyThreadState* saved = PyEval_SaveThread();
-  baton_.wait_for(Turn::Worker, -1, Baton::kWorkerSpinWindowUs);
+  baton_.wait_for(Turn::Worker, -1, kWorkerSpin);
   PyEval_RestoreThread(saved);
   apply_thread_state();
   if (message_ != Message::Job) Py_RETURN_NONE;

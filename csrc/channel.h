@@ -43,6 +43,8 @@ class Channel {
   // Ends the worker's loop (`next_job` returns None); does not wait.
   void stop();
   bool busy() const { return busy_; }
+  // Wakes the parked worker ahead of a handoff that is about to come.
+  void poke() { baton_.poke(); }
 
   // ---- worker thread (GIL held) ----
   // Waits for the next job; returns a new reference, Py_None when told to stop.
@@ -65,6 +67,7 @@ class Channel {
   Outcome hand_to_worker(Message message, PyObject* payload);
   Message hand_to_model(Outcome outcome);
   void capture_thread_state();
+  void follow_model_cpu();
   void apply_thread_state();
 
   Baton baton_;
@@ -74,6 +77,8 @@ class Channel {
   PyObject* skip_ = nullptr;
   Outcome outcome_ = Outcome::Finished;
   unsigned long worker_ident_ = 0;
+  int worker_tid_ = 0;      // the worker's kernel thread id (for its CPU affinity)
+  int worker_cpu_ = -1;     // the CPU the worker is pinned to, -1: not pinned
   bool busy_ = false;
   std::optional<c10::AutogradState> autograd_state_;
   std::optional<c10::impl::LocalDispatchKeySet> dispatch_keys_;

@@ -92,6 +92,15 @@ class TraceState {
     return true;
   }
 
+  // Calls f(mediator) for each mediator parked at (location, occurrence).
+  template <typename F>
+  void for_each_parked(int location, int64_t occurrence, F&& f) const {
+    auto it = parked_.find(location);
+    if (it == parked_.end()) return;
+    for (const auto& r : it->second)
+      if (r.occurrence == occurrence) f(r.mediator);
+  }
+
   // All parked requests as (location, mediator, occurrence).
   std::vector<std::tuple<int, int, int64_t>> parked() const;
 

@@ -99,6 +99,13 @@ PyObject* apply_skips(GateObject* self, TraceState* trace, PyObject* inputs, std
 PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args, size_t nargsf,
                       PyObject* kwnames) {
   const int64_t in_occurrence = trace->visit(self->input_location);
+  if (trace->wanted(self->output_location)) {
+    // Someone waits for this call's output: wake them now, so they are spinning
+    // (not asleep) when the forward returns.
+    trace->for_each_parked(self->output_location, trace->visits(self->output_location), [&](int index) {
+      static_cast<Channel*>(trace->mediator(index).channel)->poke();
+    });
+  }
   PyObject* result;
   if (trace->wanted(self->input_location)) {
     PyObject* inputs = pack_inputs(args, nargsf, kwnames);

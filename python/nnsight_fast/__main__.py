@@ -1,10 +1,10 @@
 """Demo: `python -m nnsight_fast`.
 
 Builds a small GPT-2 on this machine (random init, tokenizer trained on the spot,
-saved and loaded back with `from_pretrained`), traces it (saves every block's
-hidden state and zeroes one block's output), checks the result against the same
-work done with raw torch hooks, and prints what tracing costs against a bare
-forward and raw hooks.
+saved and loaded back through `LanguageModel(<folder>)`), steers every step of a
+64-token generation while saving each step's logits, checks the tokens and logits
+against the same work done with raw torch hooks, and prints what nnsight_fast costs
+per generated token against bare `generate` and raw hooks.
 """
 
 from __future__ import annotations
@@ -14,79 +14,84 @@ import tempfile
 
 import torch
 
+PROMPT = "The Eiffel Tower is in the city of"
 
-def main(repeats: int = 300, folder: str | None = None) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nnsight_fast import NNsight
+def main(repeats: int = 10, new_tokens: int = 64, folder: str | None = None) -> dict:
+    from nnsight_fast import LanguageModel
     from nnsight_fast.local_gpt2 import build_local_gpt2
     from nnsight_fast.timing import format_table, median_seconds
 
     folder = folder or tempfile.mkdtemp(prefix="nnsight_fast-gpt2-")
     print(f"Building a random-init GPT-2 (12 blocks) and a BPE tokenizer in {folder} ...")
     build_local_gpt2(folder, n_layer=12, n_embd=64)
-    net = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    input_ids = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt")["input_ids"]
-    model = NNsight(net)
-    blocks = model.transformer.h
-    zeroed = 3
+    model = LanguageModel(folder)
+    net, tokenizer = None, model.tokenizer
+    torch.manual_seed(0)
+    steer = torch.randn(64) * 2
+    layer = 6
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id)
 
     def traced():
-        with model.trace(input_ids):
-            states = []
-            for i, block in enumerate(blocks):
-                if i == zeroed:
-                    block.output[:] = 0
-                states.append(block.output)
-            states.save()
-            logits = model.output.logits.save()
-        return states, logits
+        with model.generate(PROMPT, **settings) as tracer:
+            logits = []
+            for step in tracer.all():
+                model.transformer.h[layer].output[:] += steer
+                logits.append(model.lm_head.output)
+            logits.save()
+            tokens = tracer.result.save()
+        return tokens, logits
+
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+
+    def bare():
+        return net.generate(**inputs, **settings)
 
     def hooked():
-        states = []
-
-        def save_hook(module, args, output):
-            states.append(output)
-
-        def zero_hook(module, args, output):
-            output[:] = 0
-
-        handles = [net.transformer.h[zeroed].register_forward_hook(zero_hook)]
-        handles += [block.register_forward_hook(save_hook) for block in net.transformer.h]
+        logits = []
+        handles = [
+            net.transformer.h[layer].register_forward_hook(lambda m, a, out: out.add_(steer)),
+            net.lm_head.register_forward_hook(lambda m, a, out: logits.append(out)),
+        ]
         try:
-            logits = net(input_ids).logits
+            tokens = net.generate(**inputs, **settings)
         finally:
             for handle in handles:
                 handle.remove()
-        return states, logits
+        return tokens, logits
 
     with torch.no_grad():
-        states, logits = traced()
-        expected_states, expected_logits = hooked()
-        assert len(states) == len(expected_states) == 12
-        assert all(torch.equal(a, b) for a, b in zip(states, expected_states)), "hidden states differ"
-        assert torch.equal(logits, expected_logits), "logits differ"
-        assert torch.all(states[zeroed] == 0)
-        print(f"Checked: 12 hidden states and the logits (block {zeroed} zeroed) equal the raw-hook run.\n")
+        tokens, logits = traced()  # the first run loads the weights
+        net = model._module
+        expected_tokens, expected_logits = hooked()
+        assert torch.equal(tokens, expected_tokens), "steered tokens differ from the raw-hook run"
+        assert len(logits) == len(expected_logits) == new_tokens
+        assert all(torch.equal(a, b) for a, b in zip(logits, expected_logits)), "logits differ"
+        assert not torch.equal(tokens, bare()), "steering changed nothing"
+        print(f"Checked: {new_tokens} steered tokens and every step's logits equal the raw-hook run.")
+        print("Generated:", repr(tokenizer.decode(tokens[0, inputs['input_ids'].shape[1]:])[:60]), "...\n")
 
-        bare = median_seconds(lambda: net(input_ids), repeats, label="bare forward")
-        hooks = median_seconds(hooked, repeats, label="raw torch hooks")
-        ours = median_seconds(traced, repeats, label="nnsight_fast trace")
-
-    rows = [
-        ["bare forward", f"{bare * 1e6:.0f}", "1.00x", "—"],
-        ["raw torch hooks (save 12, zero 1)", f"{hooks * 1e6:.0f}", f"{hooks / bare:.2f}x",
-         f"+{(hooks - bare) * 1e6:.0f}"],
-        ["nnsight_fast trace (same work)", f"{ours * 1e6:.0f}", f"{ours / bare:.2f}x",
-         f"+{(ours - bare) * 1e6:.0f}"],
-    ]
-    print(format_table(["GPT-2 (12 blocks), one forward", "µs per call", "vs bare", "µs over bare"], rows))
-    print(f"\nnnsight_fast / raw hooks: {ours / hooks:.2f}x")
-    return {"bare": bare, "hooks": hooks, "nnsight_fast": ours}
+        print(f"Timing {repeats} generations of {new_tokens} tokens each (median):")
+        times = {
+            "bare": median_seconds(bare, repeats, warmup=2, label="bare generate"),
+            "hooks": median_seconds(hooked, repeats, warmup=2, label="raw hooks (steer + save logits)"),
+            "nnsight_fast": median_seconds(traced, repeats, warmup=2, label="nnsight_fast (same work)"),
+        }
+    per_token = {name: t / new_tokens for name, t in times.items()}
+    base = per_token["bare"]
+    rows = [[name, f"{t * 1e3:.3f}", f"{t / base:.3f}x", "—" if name == "bare" else f"+{(t - base) * 1e3:.3f}"]
+            for name, t in (("bare generate", per_token["bare"]),
+                            ("raw torch hooks (steer + save logits)", per_token["hooks"]),
+                            ("nnsight_fast (same work)", per_token["nnsight_fast"]))]
+    print(format_table(["GPT-2 (12 blocks), per generated token", "ms", "vs bare", "ms over bare"], rows))
+    print(f"\nnnsight_fast / raw hooks: {per_token['nnsight_fast'] / per_token['hooks']:.3f}x")
+    return per_token
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=300, help="timed calls per row")
-    main(parser.parse_args().repeats)
+    parser.add_argument("--repeats", type=int, default=10, help="timed generations per row")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per generation")
+    arguments = parser.parse_args()
+    main(arguments.repeats, arguments.tokens)
