@@ -24,16 +24,17 @@ from nnsight_fast.timing import format_table  # noqa: E402
 SIZES = (8, 32, 128)
 
 
-def run_library(python: str, lib: str, repeats: int) -> dict | None:
-    out = os.path.join(HERE, "results", f"{lib}.json")
-    print(f"== {lib} ({python})", file=sys.stderr)
-    done = subprocess.run([python, os.path.join(HERE, "workloads.py"), "--lib", lib, "--repeats", str(repeats),
-                           "--out", out])
+def run_library(python: str, lib: str, repeats: int, script: str = "workloads.py", extra: tuple = ()) -> dict | None:
+    out = os.path.join(HERE, "results", f"{lib}-{script[:-3]}.json")
+    print(f"== {lib} {script} ({python})", file=sys.stderr)
+    done = subprocess.run([python, os.path.join(HERE, script), "--lib", lib, "--repeats", str(repeats),
+                           "--out", out, *extra])
     if done.returncode != 0:
         print(f"   {lib} failed (exit {done.returncode}); left out of the table", file=sys.stderr)
         return None
     with open(out) as f:
-        return json.load(f)["results"]
+        data = json.load(f)
+    return data["results"] if "results" in data else data
 
 
 def slope(results: dict, kind: str, column: str) -> float:
@@ -81,11 +82,31 @@ def markdown(all_results: dict[str, dict]) -> str:
     return table + "\n\n" + format_table(["quantity (over bare)", "design.md §5 budget"] + libs, srows)
 
 
+def lm_markdown(lm_results: dict[str, dict]) -> str:
+    rows = []
+    libs = list(lm_results)
+    for config, workloads in lm_results[libs[0]].items():
+        for name in workloads:
+            for lib in libs:
+                r = lm_results[lib].get(config, {}).get(name)
+                if r is None:
+                    continue
+                other = "hooks" if "hooks" in r else "batch4"
+                rows.append([f"{config} {name}", lib, f"{r['bare']:.0f}",
+                             f"{other}: {r[other]:.0f} ({r[other] / r['bare']:.3f}×)",
+                             f"{r['lib']:.0f} ({r['lib'] / r['bare']:.3f}×, {r['lib'] / r[other]:.3f}× {other})",
+                             f"{(r['lib'] - r['bare']) / 1e3:+.3f}"])
+    return format_table(["GPT-2 workload (µs; per token for generate)", "library", "bare", "reference",
+                         "library (×bare, ×reference)", "ms over bare"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--nnsight-python", default=os.environ.get("NNSIGHT_PYTHON", ""),
                         help="a Python with nnsight 0.8.1 installed (its own venv)")
+    parser.add_argument("--lm-configs", default="tiny,small", help="GPT-2 configs for the language-model rows ('' skips)")
+    parser.add_argument("--lm-budget", type=float, default=4.0, help="seconds per language-model row, about")
     arguments = parser.parse_args()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     all_results = {"nnsight_fast": run_library(sys.executable, "nnsight_fast", arguments.repeats)}
@@ -96,8 +117,21 @@ def main() -> None:
         if nnsight is not None:
             all_results["nnsight"] = nnsight
     text = markdown(all_results)
+    lm_results = {}
+    if arguments.lm_configs:
+        lm_extra = ("--configs", arguments.lm_configs, "--budget", str(arguments.lm_budget))
+        pythons = {"nnsight_fast": sys.executable}
+        if arguments.nnsight_python:
+            pythons["nnsight"] = arguments.nnsight_python
+        for lib, python in pythons.items():
+            found = run_library(python, lib, 50, "lm_workloads.py", lm_extra)
+            if found is not None:
+                lm_results[lib] = found
+        if lm_results:
+            text += "\n\n" + lm_markdown(lm_results)
     with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
-        json.dump({"results": all_results, "summary": {k: summary(v) for k, v in all_results.items()}}, f, indent=1)
+        json.dump({"results": all_results, "summary": {k: summary(v) for k, v in all_results.items()},
+                   "language_model": lm_results}, f, indent=1)
     with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
         f.write(text + "\n")
     print(text)

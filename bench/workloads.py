@@ -21,18 +21,19 @@ import time
 import torch
 
 
-def _load_timing():
-    """nnsight_fast/timing.py by path: the nnsight process must not import nnsight_fast."""
+def load_package_file(name: str):
+    """A plain helper module of nnsight_fast (timing.py, local_gpt2.py) loaded by path:
+    the process timing nnsight 0.8.1 must not import nnsight_fast."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "nnsight_fast", "timing.py")
-    spec = importlib.util.spec_from_file_location("bench_timing", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "nnsight_fast", name)
+    spec = importlib.util.spec_from_file_location(f"bench_{name[:-3]}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-median_seconds = _load_timing().median_seconds
+median_seconds = load_package_file("timing.py").median_seconds
 
 SIZES = (8, 32, 128)
 

@@ -187,3 +187,49 @@ def test_invoking_while_generating_is_refused(lm, clean):
                 with tracer.invoke(PROMPT):
                     pass
     clean()
+
+
+def test_block_form_runs_once_per_step(lm):
+    seen_hooked = []
+    hooked_generate(lm, [PROMPT], hooks=[(lm._module.lm_head, lambda m, a, o: seen_hooked.append(o))],
+                    max_new_tokens=4)
+    with lm.generate(PROMPT, max_new_tokens=4, do_sample=False) as tracer:
+        seen = [].save()
+        with lm.lm_head.all():
+            seen.append(lm.lm_head.output)
+            last = lm.lm_head.output.save()
+        count = len(seen)
+        count = torch.tensor(count).save()
+    assert int(count) == 4 and len(seen) == 4
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen, seen_hooked))
+    assert torch.allclose(last, seen_hooked[-1], atol=1e-6)
+
+
+def test_block_form_of_an_iter_slice_edits_those_steps(lm):
+    state = {"calls": 0}
+
+    def zero_steps_1_and_2(module, args, output):
+        state["calls"] += 1
+        return output * 0 if state["calls"] in (2, 3) else output
+
+    expected = hooked_generate(lm, [PROMPT], hooks=[(lm._module.transformer.h[0], zero_steps_1_and_2)],
+                               max_new_tokens=4)
+    with lm.generate(PROMPT, max_new_tokens=4, do_sample=False) as tracer:
+        with tracer.iter[1:3]:
+            lm.transformer.h[0].output[:] = 0
+        tokens = tracer.result.save()
+    assert torch.equal(tokens, expected)
+
+
+def test_device_map_goes_through_accelerate(gpt2_folder):
+    pytest.importorskip("accelerate")
+    from nnsight_fast import LanguageModel
+
+    model = LanguageModel(gpt2_folder, device_map="cpu", dispatch=True)
+    with model.trace(PROMPT):
+        hidden = model.transformer.h[2].output.save()
+        logits = model.lm_head.output.save()
+    batch = model.tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        expected = model._module(**batch).logits
+    assert torch.allclose(logits, expected, atol=1e-5) and hidden.shape[-1] == 64

@@ -70,7 +70,7 @@ def main(repeats: int = 10, new_tokens: int = 64, folder: str | None = None) -> 
         assert all(torch.equal(a, b) for a, b in zip(logits, expected_logits)), "logits differ"
         assert not torch.equal(tokens, bare()), "steering changed nothing"
         print(f"Checked: {new_tokens} steered tokens and every step's logits equal the raw-hook run.")
-        print("Generated:", repr(tokenizer.decode(tokens[0, inputs['input_ids'].shape[1]:])[:60]), "...\n")
+        print("Steered token ids:", tokens[0, inputs["input_ids"].shape[1]:][:16].tolist(), "...\n")
 
         print(f"Timing {repeats} generations of {new_tokens} tokens each (median):")
         times = {

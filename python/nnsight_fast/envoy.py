@@ -98,6 +98,13 @@ class Envoy:
         """Don't run this module at its next call in this trace; `replacement` is its output."""
         _mediator.skip(self._input_location, self.path, replacement)
 
+    def all(self):
+        """Every step of the run, for this module: `with model.layer.all(): ...` runs the
+        block at each step (also `for step in model.layer.all():`)."""
+        from .tracing.iteration import Iterations
+
+        return Iterations(self._root._input_location)
+
     def next(self, step: int = 1) -> "Envoy":
         """Later values of this envoy refer to its call `step` calls further on (in this invoke)."""
         _mediator.advance(self.path, step)

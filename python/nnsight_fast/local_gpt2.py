@@ -22,8 +22,11 @@ The quick brown fox jumps over the lazy dog. One two three four five six seven e
 
 
 def build_local_gpt2(folder: str, n_layer: int = 12, n_embd: int = 64, n_head: int = 4, vocab_size: int = 512,
-                     seed: int = 0) -> str:
-    """Writes a random-init GPT-2 and its tokenizer to `folder` (once); returns the folder."""
+                     seed: int = 0, model_vocab_size: int | None = None) -> str:
+    """Writes a random-init GPT-2 and its tokenizer to `folder` (once); returns the folder.
+
+    `model_vocab_size` sizes the model's embedding and head (default: the tokenizer's
+    vocabulary); e.g. 50257 with n_embd=768, n_head=12 gives GPT-2-small's shapes."""
     if os.path.exists(os.path.join(folder, "config.json")) and os.path.exists(os.path.join(folder, "tokenizer.json")):
         return folder
     import torch
@@ -44,7 +47,7 @@ def build_local_gpt2(folder: str, n_layer: int = 12, n_embd: int = 64, n_head: i
     )
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        vocab_size=model_vocab_size or len(tokenizer), n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2LMHeadModel(config)

@@ -13,9 +13,18 @@ from typing import Callable
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 200, warmup: int = 20, label: str = "",
-                   inner: int = 1) -> float:
-    """Median wall time of one call of `fn` (each sample runs it `inner` times)."""
-    for _ in range(warmup):
+                   inner: int = 1, budget_s: float | None = None) -> float:
+    """Median wall time of one call of `fn` (each sample runs it `inner` times).
+
+    With `budget_s`, fewer samples are taken when `repeats` of them would take longer
+    (at least 5)."""
+    start = time.perf_counter()
+    fn()
+    if budget_s is not None:
+        estimate = time.perf_counter() - start
+        repeats = max(5, min(repeats, int(budget_s / max(estimate * inner, 1e-9))))
+        warmup = min(warmup, max(1, repeats // 5))
+    for _ in range(warmup - 1):
         fn()
     samples = []
     step = max(1, repeats // 20)

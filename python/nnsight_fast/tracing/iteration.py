@@ -5,6 +5,8 @@
             model.transformer.h[0].output[:] *= 2
         for step in tracer.all():              # every step the run makes
             logits = model.lm_head.output.save()
+        with model.lm_head.all():              # the block form: runs once per step
+            model.lm_head.output[:, :, 0] = 0
         tokens = tracer.result.save()          # code after the loop runs once the run is over
 
 Each model call of the run is one step: a request made while the loop is at step
@@ -17,6 +19,7 @@ runs; a loop that named that step (`iter[:10]`, `iter[[3]]`) also gets a UserWar
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 from ..errors import outside_trace_error
@@ -41,7 +44,8 @@ class LoopEnd(BaseException):
 
 
 class Iterations:
-    """A selection of steps: iterate it inside a trace body."""
+    """A selection of steps: iterate it (`for step in ...`) inside a trace body, or use it as a
+    block that runs once per step (`with tracer.all():`, `with model.layer.all():`)."""
 
     def __init__(self, root_input_location: int, start: int = 0, stop: int | None = None,
                  steps: list[int] | None = None):
@@ -69,6 +73,29 @@ class Iterations:
         while self.stop is None or step < self.stop:
             yield step
             step += 1
+
+    def __enter__(self) -> "Iterations":
+        from .capture import BodyCapture
+
+        self._capture = BodyCapture.begin(sys._getframe(1))
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        from .capture import write_back
+
+        capture, self._capture = self._capture, None
+        if not capture.skipped(kind):
+            return False
+        body = capture.compile()
+        namespace: dict = {}
+        try:
+            for _ in self:
+                body.run(namespace.update)
+        except LoopEnd as end:
+            if end.loop is not self:
+                raise
+        write_back(body.frame, {k: v for k, v in namespace.items() if not k.startswith("__nnsight_fast")})
+        return True
 
     def __iter__(self) -> Iterator[int]:
         mediator = current_mediator()
