@@ -102,9 +102,12 @@ PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args
   if (trace->wanted(self->output_location)) {
     // Someone waits for this call's output: wake them now, so they are spinning
     // (not asleep) when the forward returns.
+    // Only the first in order: it is served first, the others when their turn comes.
+    int first = -1;
     trace->for_each_parked(self->output_location, trace->visits(self->output_location), [&](int index) {
-      static_cast<Channel*>(trace->mediator(index).channel)->poke();
+      if (first < 0 || index < first) first = index;
     });
+    if (first >= 0) static_cast<Channel*>(trace->mediator(first).channel)->poke();
   }
   PyObject* result;
   if (trace->wanted(self->input_location)) {
