@@ -17,10 +17,10 @@ import torch
 PROMPT = "The Eiffel Tower is in the city of"
 
 
-def main(repeats: int = 10, new_tokens: int = 64, folder: str | None = None) -> dict:
+def main(repeats: int = 20, new_tokens: int = 64, folder: str | None = None) -> dict:
     from nnsight_fast import LanguageModel
     from nnsight_fast.local_gpt2 import build_local_gpt2
-    from nnsight_fast.timing import format_table, median_seconds
+    from nnsight_fast.timing import format_table, interleaved_medians
 
     folder = folder or tempfile.mkdtemp(prefix="nnsight_fast-gpt2-")
     print(f"Building a random-init GPT-2 (12 blocks) and a BPE tokenizer in {folder} ...")
@@ -72,15 +72,12 @@ def main(repeats: int = 10, new_tokens: int = 64, folder: str | None = None) -> 
         print(f"Checked: {new_tokens} steered tokens and every step's logits equal the raw-hook run.")
         print("Steered token ids:", tokens[0, inputs["input_ids"].shape[1]:][:16].tolist(), "...\n")
 
-        print(f"Timing {repeats} generations of {new_tokens} tokens each (median):")
-        times = {
-            "bare": median_seconds(bare, repeats, warmup=2, label="bare generate"),
-            "hooks": median_seconds(hooked, repeats, warmup=2, label="raw hooks (steer + save logits)"),
-            "nnsight_fast": median_seconds(traced, repeats, warmup=2, label="nnsight_fast (same work)"),
-        }
+        print(f"Timing {repeats} rounds of one {new_tokens}-token generation each way (medians):")
+        times = interleaved_medians({"bare": bare, "hooks": hooked, "nnsight_fast": traced}, repeats,
+                                    label="bare / raw hooks / nnsight_fast")
     per_token = {name: t / new_tokens for name, t in times.items()}
     base = per_token["bare"]
-    rows = [[name, f"{t * 1e3:.3f}", f"{t / base:.3f}x", "—" if name == "bare" else f"+{(t - base) * 1e3:.3f}"]
+    rows = [[name, f"{t * 1e3:.3f}", f"{t / base:.3f}x", "—" if t is base else f"{(t - base) * 1e3:+.3f}"]
             for name, t in (("bare generate", per_token["bare"]),
                             ("raw torch hooks (steer + save logits)", per_token["hooks"]),
                             ("nnsight_fast (same work)", per_token["nnsight_fast"]))]
@@ -91,7 +88,7 @@ def main(repeats: int = 10, new_tokens: int = 64, folder: str | None = None) -> 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed generations per row")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds (one generation of each kind)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per generation")
     arguments = parser.parse_args()
     main(arguments.repeats, arguments.tokens)

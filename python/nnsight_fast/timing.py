@@ -1,7 +1,8 @@
 """Timing helpers shared by the demo and bench/: medians with a progress line.
 
     per_call = median_seconds(lambda: model(x), repeats=200, label="bare forward")
-    print_table([("bare", per_call, 1.0), ...])
+    medians = interleaved_medians({"bare": bare, "traced": traced}, repeats=20)
+    print(format_table(["variant", "µs"], [[name, f"{t * 1e6:.1f}"] for name, t in medians.items()]))
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def median_seconds(fn: Callable[[], object], repeats: int = 200, warmup: int = 2
     if label:
         sys.stderr.write("\r" + " " * 70 + "\r")
     return statistics.median(samples)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2,
+                        label: str = "") -> dict[str, float]:
+    """Median wall time of each function, timed round-robin (one call of each per round)
+    so that drift of the machine's speed hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+        if label:
+            sys.stderr.write(f"\r  timing {label:<40} round {i + 1:>4}/{repeats}")
+            sys.stderr.flush()
+    if label:
+        sys.stderr.write("\r" + " " * 70 + "\r")
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
