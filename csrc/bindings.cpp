@@ -56,6 +56,14 @@ PYBIND11_MODULE(_native, m) {
       },
       "A Gate to install as `module.forward`.");
   m.def("is_gate", [](py::handle object) { return is_gate(object.ptr()); });
+  m.def("make_source_op", [](py::object dispatcher, int callee_location, int input_location, int output_location) {
+    auto* native = dispatcher.cast<Dispatcher*>();
+    return steal_or_throw(new_source_op(dispatcher.ptr(), native, callee_location, input_location, output_location));
+  });
+  m.def("set_gate_source", [](py::object gate, py::object source_forward, int source_location) {
+    if (!set_gate_source(gate.ptr(), source_forward.is_none() ? nullptr : source_forward.ptr(), source_location))
+      throw py::error_already_set();
+  });
 
   py::enum_<Outcome>(m, "Outcome")
       .value("Parked", Outcome::Parked)
@@ -83,6 +91,9 @@ PYBIND11_MODULE(_native, m) {
       })
       .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
       .def("parked", [](Trace& t) { return t.state.parked(); })
+      .def("observe", [](Trace& t, int location) { t.state.observe(location); },
+           "Marks `location` wanted for the rest of the trace (e.g. a module's `.source` flag).")
+      .def("set_visits", [](Trace& t, int location, int64_t visits) { t.state.set_visits(location, visits); })
       .def("serving", [](Trace& t, int location, int64_t occurrence) { return t.state.serving(location, occurrence); })
       .def("release", [](Trace& t, int mediator) { t.state.release(mediator); })
       .def("resume_released",

@@ -101,6 +101,17 @@ class TraceState {
       if (r.occurrence == occurrence) f(r.mediator);
   }
 
+  // Marks `location` wanted for the rest of this trace, with no parked request.
+  void observe(int location) {
+    if (static_cast<size_t>(location) >= wanted_.size()) grow(location);
+    ++wanted_[location];
+  }
+  // Starts counting `location` at `visits` (a location first counted mid-trace).
+  void set_visits(int location, int64_t visits) {
+    if (static_cast<size_t>(location) >= visit_counts_.size()) grow(location);
+    visit_counts_[location] = visits;
+  }
+
   // All parked requests as (location, mediator, occurrence).
   std::vector<std::tuple<int, int, int64_t>> parked() const;
 

@@ -15,11 +15,14 @@ PyObject* g_abort_type = nullptr;
 struct GateObject {
   PyObject_HEAD
   vectorcallfunc vectorcall;
-  PyObject* forward;
+  PyObject* forward;         // Gate: the original forward; SourceOp: unused (the callee comes first)
   PyObject* owner;
   Dispatcher* dispatcher;
   int input_location;
   int output_location;
+  int callee_location;       // SourceOp: where the callee itself can be read or replaced
+  PyObject* source_forward;  // Gate: the forward rewritten for `.source`, or null
+  int source_location;       // Gate: wanted while some mediator asks for one of its operations
 };
 
 // (args, kwargs) from a vectorcall argument vector.
@@ -74,13 +77,13 @@ PyObject* call_with_inputs(PyObject* forward, PyObject* inputs) {
 // (last) skip value is the output and the module does not run. With several
 // invokes a skip covers only its invoke's rows: the module runs on the batch and
 // each skip value replaces its invoke's rows.
-PyObject* apply_skips(GateObject* self, TraceState* trace, PyObject* inputs, std::vector<SkipRequest>& skips) {
+PyObject* apply_skips(PyObject* forward, TraceState* trace, PyObject* inputs, std::vector<SkipRequest>& skips) {
   PyObject* result = nullptr;
   if (!trace->narrows()) {
     result = skips.back().value;
     Py_INCREF(result);
   } else {
-    result = call_with_inputs(self->forward, inputs);
+    result = call_with_inputs(forward, inputs);
     for (const SkipRequest& skip : skips) {
       if (result == nullptr) break;
       const MediatorSlot& slot = trace->mediator(skip.mediator);
@@ -96,7 +99,7 @@ PyObject* apply_skips(GateObject* self, TraceState* trace, PyObject* inputs, std
   return result;
 }
 
-PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args, size_t nargsf,
+PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, PyObject* const* args, size_t nargsf,
                       PyObject* kwnames) {
   const int64_t in_occurrence = trace->visit(self->input_location);
   if (trace->wanted(self->output_location)) {
@@ -117,10 +120,13 @@ PyObject* gate_traced(GateObject* self, TraceState* trace, PyObject* const* args
     PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skips);
     Py_DECREF(inputs);
     if (served == nullptr) return nullptr;
-    result = skips.empty() ? call_with_inputs(self->forward, served) : apply_skips(self, trace, served, skips);
+    result = skips.empty() ? call_with_inputs(forward, served) : apply_skips(forward, trace, served, skips);
     Py_DECREF(served);
+  } else if (forward == Py_None && PyVectorcall_NARGS(nargsf) == 1) {
+    result = args[0];  // an assignment operation: its "call" passes the value through
+    Py_INCREF(result);
   } else {
-    result = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+    result = PyObject_Vectorcall(forward, args, nargsf, kwnames);
   }
   if (result == nullptr) return nullptr;
 
@@ -138,13 +144,43 @@ PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t narg
   TraceState* trace = active_trace();
   if (trace == nullptr || trace->dispatcher() != self->dispatcher)
     return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
-  return gate_traced(self, trace, args, nargsf, kwnames);
+  PyObject* forward = self->source_forward != nullptr && trace->wanted(self->source_location) ? self->source_forward
+                                                                                              : self->forward;
+  return gate_traced(self, forward, trace, args, nargsf, kwnames);
+}
+
+// A SourceOp is called as op(callee, *args, **kwargs) from a forward rewritten for
+// `.source`: one operation of that forward, with its own locations.
+PyObject* source_op_vectorcall(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* self = reinterpret_cast<GateObject*>(callable);
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "a source operation needs its callee");
+    return nullptr;
+  }
+  const size_t rest = static_cast<size_t>(nargs - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
+  TraceState* trace = active_trace();
+  if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
+    if (args[0] == Py_None && nargs == 2) return Py_NewRef(args[1]);
+    return PyObject_Vectorcall(args[0], args + 1, rest, kwnames);
+  }
+  PyObject* callee = args[0];
+  Py_INCREF(callee);
+  const int64_t occurrence = trace->visit(self->callee_location);
+  if (trace->wanted(self->callee_location)) {
+    Py_SETREF(callee, serve_location(trace, self->callee_location, occurrence, callee, nullptr));
+    if (callee == nullptr) return nullptr;
+  }
+  PyObject* result = gate_traced(self, callee, trace, args + 1, rest, kwnames);
+  Py_DECREF(callee);
+  return result;
 }
 
 int gate_traverse(PyObject* self, visitproc visit, void* arg) {
   auto* gate = reinterpret_cast<GateObject*>(self);
   Py_VISIT(gate->forward);
   Py_VISIT(gate->owner);
+  Py_VISIT(gate->source_forward);
   return 0;
 }
 
@@ -152,6 +188,7 @@ int gate_clear(PyObject* self) {
   auto* gate = reinterpret_cast<GateObject*>(self);
   Py_CLEAR(gate->forward);
   Py_CLEAR(gate->owner);
+  Py_CLEAR(gate->source_forward);
   return 0;
 }
 
@@ -182,6 +219,26 @@ PyMemberDef gate_members[] = {
     {nullptr, 0, 0, 0, nullptr}};
 
 PyTypeObject GateType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+PyTypeObject SourceOpType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+GateObject* alloc_gate(PyTypeObject* type, vectorcallfunc call, PyObject* forward, PyObject* owner,
+                       Dispatcher* dispatcher, int input_location, int output_location, int callee_location) {
+  auto* gate = PyObject_GC_New(GateObject, type);
+  if (gate == nullptr) return nullptr;
+  gate->vectorcall = call;
+  Py_XINCREF(forward);
+  gate->forward = forward;
+  Py_INCREF(owner);
+  gate->owner = owner;
+  gate->dispatcher = dispatcher;
+  gate->input_location = input_location;
+  gate->output_location = output_location;
+  gate->callee_location = callee_location;
+  gate->source_forward = nullptr;
+  gate->source_location = -1;
+  PyObject_GC_Track(gate);
+  return gate;
+}
 
 }  // namespace
 
@@ -200,23 +257,44 @@ bool add_gate_type(PyObject* module) {
   GateType.tp_members = gate_members;
   if (PyType_Ready(&GateType) < 0) return false;
   Py_INCREF(&GateType);
-  return PyModule_AddObject(module, "Gate", reinterpret_cast<PyObject*>(&GateType)) == 0;
+  if (PyModule_AddObject(module, "Gate", reinterpret_cast<PyObject*>(&GateType)) != 0) return false;
+
+  SourceOpType.tp_name = "nnsight_fast._native.SourceOp";
+  SourceOpType.tp_basicsize = sizeof(GateObject);
+  SourceOpType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
+  SourceOpType.tp_doc = "One operation of a forward rewritten for `.source`: op(callee, *args, **kwargs).";
+  SourceOpType.tp_vectorcall_offset = offsetof(GateObject, vectorcall);
+  SourceOpType.tp_call = PyVectorcall_Call;
+  SourceOpType.tp_traverse = gate_traverse;
+  SourceOpType.tp_clear = gate_clear;
+  SourceOpType.tp_dealloc = gate_dealloc;
+  if (PyType_Ready(&SourceOpType) < 0) return false;
+  Py_INCREF(&SourceOpType);
+  return PyModule_AddObject(module, "SourceOp", reinterpret_cast<PyObject*>(&SourceOpType)) == 0;
+}
+
+PyObject* new_source_op(PyObject* owner, Dispatcher* dispatcher, int callee_location, int input_location,
+                        int output_location) {
+  return reinterpret_cast<PyObject*>(alloc_gate(&SourceOpType, source_op_vectorcall, nullptr, owner, dispatcher,
+                                                input_location, output_location, callee_location));
+}
+
+bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_location) {
+  if (!is_gate(gate)) {
+    PyErr_SetString(PyExc_TypeError, "not a Gate");
+    return false;
+  }
+  auto* self = reinterpret_cast<GateObject*>(gate);
+  Py_XINCREF(source_forward);
+  Py_XSETREF(self->source_forward, source_forward);
+  self->source_location = source_location;
+  return true;
 }
 
 PyObject* new_gate(PyObject* forward, PyObject* owner, Dispatcher* dispatcher, int input_location,
                    int output_location) {
-  auto* gate = PyObject_GC_New(GateObject, &GateType);
-  if (gate == nullptr) return nullptr;
-  gate->vectorcall = gate_vectorcall;
-  Py_INCREF(forward);
-  gate->forward = forward;
-  Py_INCREF(owner);
-  gate->owner = owner;
-  gate->dispatcher = dispatcher;
-  gate->input_location = input_location;
-  gate->output_location = output_location;
-  PyObject_GC_Track(gate);
-  return reinterpret_cast<PyObject*>(gate);
+  return reinterpret_cast<PyObject*>(alloc_gate(&GateType, gate_vectorcall, forward, owner, dispatcher,
+                                                input_location, output_location, -1));
 }
 
 bool is_gate(PyObject* object) { return Py_TYPE(object) == &GateType; }

@@ -24,6 +24,14 @@ PyObject* new_gate(PyObject* forward, PyObject* owner, Dispatcher* dispatcher, i
                    int output_location);
 bool is_gate(PyObject* object);
 
+// A SourceOp (new reference): called as op(callee, *args, **kwargs) by a forward
+// rewritten for `.source`; it counts and serves the callee, input and output locations.
+PyObject* new_source_op(PyObject* owner, Dispatcher* dispatcher, int callee_location, int input_location,
+                        int output_location);
+// Gives a Gate the rewritten forward it runs while `source_location` is wanted
+// (nullptr removes it). Returns false with a Python error set when `gate` is not a Gate.
+bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_location);
+
 // A mediator's `skip(value)`: the output it wants for its rows instead of the module's.
 struct SkipRequest {
   int mediator;

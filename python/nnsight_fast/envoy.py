@@ -58,6 +58,7 @@ class Envoy:
     def _rebind(self, module: torch.nn.Module) -> None:
         """Points this Envoy (and its children, by name) at `module`, e.g. once real weights are loaded."""
         self.__dict__["_module"] = module
+        self.__dict__.pop("_source", None)
         self._root._gate_module(module, self.path)
         for name, child in module.named_children():
             if name in self._children:
@@ -97,6 +98,16 @@ class Envoy:
     def skip(self, replacement: Any) -> None:
         """Don't run this module at its next call in this trace; `replacement` is its output."""
         _mediator.skip(self._input_location, self.path, replacement)
+
+    @property
+    def source(self):
+        """The operations inside this module's forward (see source/envoy.py)."""
+        found = self.__dict__.get("_source")
+        if found is None or found._site.function is None:
+            from .source.envoy import module_source
+
+            found = self.__dict__["_source"] = module_source(self)
+        return found
 
     def all(self):
         """Every step of the run, for this module: `with model.layer.all(): ...` runs the

@@ -30,6 +30,7 @@ class NNsight(Envoy):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
         self.__dict__["_dispatcher"] = _native.Dispatcher()
         self.__dict__["_gated"] = {}
+        self.__dict__["_source_sites"] = {}
         super().__init__(module, "model", None)
         self.__dict__["_result_location"] = self._dispatcher.intern("result")
 

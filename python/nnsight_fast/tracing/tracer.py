@@ -49,6 +49,7 @@ class Tracer:
         self._native = None
         self._warnings: list[str] = []
         self.shared_variables: dict[str, Any] = {}
+        self.source_flags: set[int] = set()  # modules whose `.source` operations this trace asked for
 
     # ---- the `with` statement ----
     def __enter__(self) -> "Tracer":

@@ -1,0 +1,1 @@
+"""`.source`: operation-level access inside a module's forward (see envoy.py)."""

@@ -1,0 +1,216 @@
+"""`envoy.source`: each operation inside a module's forward, readable and editable in a trace.
+
+    print(model.transformer.h[0].attn.source)            # the forward, each line's operations named
+    with model.trace("Hello"):
+        attn = model.transformer.h[0].attn.source.attention_interface_1.output.save()
+        model.transformer.h[0].attn.source.self_c_proj_0.output[:] = 0
+        args, kwargs = model.transformer.h[0].attn.source.self_c_attn_1.inputs
+        model.transformer.h[0].attn.source.split_1.skip(replacement)
+        # one level deeper: the operations of the function that operation calls
+        sdpa = model.transformer.h[0].attn.source.attention_interface_1.source.torch_nn_functional_scaled_dot_product_attention_0.output.save()
+
+The forward is rewritten once per code object (rewrite.py) and given to the module's
+Gate, which runs it only while a mediator of the running trace asks for one of its
+operations; otherwise the module runs its original forward at full speed.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import _native
+from .. import mediator as _mediator
+from ..errors import outside_trace_error
+from .rewrite import RewrittenCode, rewritten
+
+if TYPE_CHECKING:
+    from ..model import NNsight
+
+
+class SourceSite:
+    """One use of a rewritten function: its operations bound to locations under `path`."""
+
+    def __init__(self, root: "NNsight", path: str, code: RewrittenCode, owner_class: type | None = None):
+        self.root, self.path, self.code = root, path, code
+        dispatcher = root._dispatcher
+        self.locations = {}
+        ops = []
+        for op in code.operations:
+            where = f"{path}.{op.name}"
+            locations = tuple(dispatcher.intern(f"{where}.{kind}") for kind in ("callee", "input", "output"))
+            self.locations[op.name] = locations
+            ops.append(_native.make_source_op(dispatcher, *locations))
+        self.function = code.instantiate(ops, owner_class)
+
+    def listing(self) -> str:
+        by_line: dict[int, list[str]] = {}
+        for op in self.code.operations:
+            by_line.setdefault(op.line, []).append(op.name)
+        width = max((len(name) for op in self.code.operations for name in [op.name]), default=0)
+        out = []
+        for offset, text in enumerate(self.code.lines):
+            number = self.code.first_line + offset
+            names = by_line.get(number, [""])
+            out.append(f"{names[0]:<{width}} {'->' if names[0] else '  '} {number:4d} {text}")
+            out += [f"{name:<{width}} ->    + ..." for name in names[1:]]
+        return "\n".join(out)
+
+
+def _owner_class(module_class: type, name: str = "forward") -> type | None:
+    for klass in module_class.__mro__:
+        if name in klass.__dict__:
+            return klass
+    return None
+
+
+class SourceEnvoy:
+    """The operations of one function at one site; attribute access gives an OperationEnvoy."""
+
+    def __init__(self, site: SourceSite, activate):
+        self._site = site
+        self._activate = activate  # makes the rewritten function run in the current trace
+
+    def __getattr__(self, name: str) -> "OperationEnvoy":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._site.locations:
+            available = ", ".join(op.name for op in self._site.code.operations)
+            raise AttributeError(f"'{self._site.path}' has no operation '{name}'; available: {available}")
+        return OperationEnvoy(self, name)
+
+    def __dir__(self):
+        return list(self._site.locations)
+
+    def __str__(self) -> str:
+        return self._site.listing()
+
+    __repr__ = __str__
+
+
+class OperationEnvoy:
+    """One operation: `.output`, `.input`, `.inputs` (read and assigned), `.skip(value)`, `.source`."""
+
+    def __init__(self, source: SourceEnvoy, name: str):
+        self._source, self.name = source, name
+        self.path = f"{source._site.path}.{name}"
+        self._callee, self._input, self._output = source._site.locations[name]
+
+    def _ready(self, what: str) -> None:
+        mediator = _mediator.current_mediator()
+        if mediator is None:
+            raise outside_trace_error(f"{self.path}.{what}")
+        self._source._activate(mediator)
+
+    @property
+    def output(self) -> Any:
+        self._ready("output")
+        return _mediator.request(self._output, self.path, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._ready("output")
+        _mediator.assign(self._output, self.path, "output", value)
+
+    @property
+    def inputs(self) -> tuple[tuple, dict]:
+        self._ready("inputs")
+        return _mediator.request(self._input, self.path, "inputs")
+
+    @inputs.setter
+    def inputs(self, value: tuple[tuple, dict]) -> None:
+        self._ready("inputs")
+        _mediator.assign(self._input, self.path, "inputs", (tuple(value[0]), value[1]))
+
+    @property
+    def input(self) -> Any:
+        from ..envoy import _first_input
+
+        return _first_input(self.inputs)
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        from ..envoy import _with_first_input
+
+        self.inputs = _with_first_input(self.inputs, value)
+
+    def next(self, step: int = 1) -> "OperationEnvoy":
+        """Later values of this operation refer to its execution `step` further on (in this invoke)."""
+        _mediator.advance(self.path, step)
+        return self
+
+    def skip(self, replacement: Any) -> None:
+        """Don't run this operation at its next execution; `replacement` is its output."""
+        self._ready("skip")
+        _mediator.skip(self._input, self.path, replacement)
+
+    @property
+    def source(self) -> SourceEnvoy:
+        """The operations of the function this operation calls (inside a trace only)."""
+        mediator = _mediator.current_mediator()
+        if mediator is None:
+            raise ValueError(
+                f"`{self.path}.source` is only available inside a trace: the function an operation calls "
+                "is known only when it runs"
+            )
+        self._source._activate(mediator)
+        callee = _mediator.request(self._callee, self.path, "source")
+        function, bind = _python_function(callee, self.path)
+        root = self._source._site.root
+        key = (self.path, function.__code__)
+        site = root._source_sites.get(key)
+        if site is None:
+            site = root._source_sites[key] = SourceSite(
+                root, f"{self.path}.source", rewritten(function),
+                _owner_class(type(bind)) if bind is not None and not isinstance(bind, type) else None,
+            )
+        replacement = site.function if bind is None else types.MethodType(site.function, bind)
+        _mediator.assign(self._callee, self.path, "source", replacement)
+        return SourceEnvoy(site, lambda mediator: None)
+
+    def __repr__(self) -> str:
+        site = self._source._site
+        line = next(op.line for op in site.code.operations if op.name == self.name)
+        start = max(line - 3, site.code.first_line)
+        stop = min(line + 3, site.code.first_line + len(site.code.lines) - 1)
+        lines = [("--> " if n == line else "    ") + f"{n:4d} {site.code.lines[n - site.code.first_line]}"
+                 for n in range(start, stop + 1)]
+        return f"{self.path}:\n" + "\n".join(lines)
+
+
+def _python_function(callee: Any, path: str):
+    """(function, object it is bound to or None) for a callee with Python source."""
+    if isinstance(callee, torch.nn.Module):
+        return type(callee).forward, callee
+    if isinstance(callee, types.MethodType) and isinstance(callee.__func__, types.FunctionType):
+        return callee.__func__, callee.__self__
+    if isinstance(callee, types.FunctionType):
+        return callee, None
+    raise TypeError(f"`{path}` calls {callee!r}, which has no Python source: `.source` cannot reach inside it")
+
+
+def module_source(envoy) -> SourceEnvoy:
+    """The SourceEnvoy of a module's forward, built once per Envoy and given to its Gate."""
+    root = envoy._root
+    module = envoy._module
+    site = SourceSite(root, f"{envoy.path}.source", rewritten(type(module).forward), _owner_class(type(module)))
+    flag = root._dispatcher.intern(f"{envoy.path}.source")
+    gate = module.__dict__.get("forward")
+    _native.set_gate_source(gate, types.MethodType(site.function, module), flag)
+
+    def activate(mediator) -> None:
+        active = mediator.tracer.source_flags
+        if flag in active:
+            return
+        active.add(flag)
+        trace = mediator.native_trace
+        trace.observe(flag)
+        calls = trace.visits(envoy._output_location)
+        if calls:  # first asked mid-trace: count its operations as if they had run every call
+            for locations in site.locations.values():
+                for location in locations:
+                    trace.set_visits(location, calls)
+
+    return SourceEnvoy(site, activate)
