@@ -58,11 +58,13 @@ class Envoy:
     def _rebind(self, module: torch.nn.Module) -> None:
         """Points this Envoy (and its children, by name) at `module`, e.g. once real weights are loaded."""
         self.__dict__["_module"] = module
-        self.__dict__.pop("_source", None)
+        had_source = self.__dict__.pop("_source", None) is not None
         self._root._gate_module(module, self.path)
         for name, child in module.named_children():
             if name in self._children:
                 self._children[name]._rebind(child)
+        if had_source:  # give the new module's Gate its rewritten forward (same locations)
+            self.source
 
     # ---- values in a trace ----
     @property

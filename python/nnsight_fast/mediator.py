@@ -46,6 +46,7 @@ class Mediator:
         self.requests_made = 0
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
         self.at_barrier = None  # the Barrier this body waits at
+        self.nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
         self.location = -1
         self.occurrence = -1
         self.value: Any = None

@@ -49,6 +49,9 @@ class NNsight(Envoy):
         """A trace of one forward pass; with inputs, the `with` body is one invoke over them."""
         return Tracer(self, args, kwargs)
 
+    def _prepare_run(self) -> None:
+        """Called before a trace starts its mediators (a lazy model loads its weights here)."""
+
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
         """One invoke's inputs as (args, kwargs, batch size)."""
         return args, kwargs, _batch_size(args, kwargs)

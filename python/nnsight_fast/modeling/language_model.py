@@ -90,6 +90,9 @@ class LanguageModel(NNsight):
         self._rebind(module)
         self.__dict__["_dispatched"] = True
 
+    def _prepare_run(self) -> None:
+        self.dispatch()
+
     # ---- inputs ----
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
         if len(args) > 1:

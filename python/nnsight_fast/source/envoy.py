@@ -156,19 +156,24 @@ class OperationEnvoy:
                 "is known only when it runs"
             )
         self._source._activate(mediator)
+        key = (self._callee, mediator.occurrence_of(self.path))
+        known = mediator.nested_sources.get(key)
+        if known is not None:  # this execution's callee was already replaced
+            return known
         callee = _mediator.request(self._callee, self.path, "source")
         function, bind = _python_function(callee, self.path)
         root = self._source._site.root
-        key = (self.path, function.__code__)
-        site = root._source_sites.get(key)
+        site_key = (self.path, function.__code__)
+        site = root._source_sites.get(site_key)
         if site is None:
-            site = root._source_sites[key] = SourceSite(
+            site = root._source_sites[site_key] = SourceSite(
                 root, f"{self.path}.source", rewritten(function),
                 _owner_class(type(bind)) if bind is not None and not isinstance(bind, type) else None,
             )
         replacement = site.function if bind is None else types.MethodType(site.function, bind)
         _mediator.assign(self._callee, self.path, "source", replacement)
-        return SourceEnvoy(site, lambda mediator: None)
+        nested = mediator.nested_sources[key] = SourceEnvoy(site, lambda mediator: None)
+        return nested
 
     def __repr__(self) -> str:
         site = self._source._site

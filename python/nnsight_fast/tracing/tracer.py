@@ -141,6 +141,7 @@ class Tracer:
                 "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
                 "`tracer.invoke(x)` with an input"
             )
+        model._prepare_run()
         prepared = [model._prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
         if len(prepared) == 1:
             args, kwargs, batch_size = prepared[0]
