@@ -6,25 +6,29 @@ On a locally built GPT-2 (random init; `tiny`: 12 blocks of width 64, `small`:
 GPT-2-small's shapes) it times bare PyTorch, raw hooks doing the same work, and
 the library: saving all 12 blocks' outputs, zeroing one block's output in place,
 generating 8 and 64 tokens with a steering edit and a logits save at every step
-(reported per generated token), and 4 invokes of one prompt each against one
-batch-4 forward. Every variant gets the same pre-tokenized input.
+(reported per generated token), 4 invokes of one prompt each against one
+batch-4 forward, a forward after `.source` was built on every attention (unused), and
+reading one attention operation against saving one module output. Every variant gets
+the same pre-tokenized input.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import os
 import sys
 import tempfile
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import load_package_file  # noqa: E402
 
-median_seconds = load_package_file("timing.py").median_seconds
+timing = load_package_file("timing.py")
 build_local_gpt2 = load_package_file("local_gpt2.py").build_local_gpt2
 
 CONFIGS = {
@@ -46,10 +50,13 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
     steer = torch.randn(net.config.n_embd)
     results: dict[str, dict] = {}
 
-    def time_it(fn, label):
-        return median_seconds(fn, repeats, warmup=3, label=f"{config} {label}", budget_s=budget_s)
-
-    def record(name, scale=1.0, **timings):
+    def record(name, scale=1.0, **variants):
+        """Times the variants round-robin (drift hits all alike), as many rounds as fit the budget."""
+        start = time.perf_counter()
+        for fn in variants.values():
+            fn()
+        rounds = max(5, min(repeats, int(budget_s / max(time.perf_counter() - start, 1e-9))))
+        timings = timing.interleaved_medians(variants, rounds, warmup=2, label=f"{config} {name}")
         results[name] = {k: v * 1e6 / scale for k, v in timings.items()}
         print(f"  {config}_{name:<22} " + "  ".join(f"{k}={v * 1e6 / scale:9.1f}µs" for k, v in timings.items()),
               file=sys.stderr)
@@ -63,7 +70,8 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
                 h.remove()
 
     with torch.no_grad():
-        bare_forward = time_it(lambda: net(**ids), "bare forward")
+        def bare_forward():
+            net(**ids)
 
         def save_all():
             with model.trace(ids):
@@ -73,8 +81,7 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
             saved = []
             with_hooks([(b, lambda m, a, o: saved.append(o)) for b in blocks], lambda: net(**ids))
 
-        record("save_all_blocks", bare=bare_forward, hooks=time_it(hooks_save_all, "hooks save all"),
-               lib=time_it(save_all, "save all"))
+        record("save_all_blocks", bare=bare_forward, hooks=hooks_save_all, lib=save_all)
 
         def zero_one():
             with model.trace(ids):
@@ -83,8 +90,7 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
         def hooks_zero_one():
             with_hooks([(blocks[5], lambda m, a, o: o.zero_())], lambda: net(**ids))
 
-        record("zero_one_block", bare=bare_forward, hooks=time_it(hooks_zero_one, "hooks zero one"),
-               lib=time_it(zero_one, "zero one"))
+        record("zero_one_block", bare=bare_forward, hooks=hooks_zero_one, lib=zero_one)
 
         for tokens in (8, 64):
             settings = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
@@ -103,10 +109,8 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
                             (net.lm_head, lambda m, a, o: logits.append(o))],
                            lambda: net.generate(**ids, **settings))
 
-            record(f"generate{tokens}_per_token", scale=tokens,
-                   bare=time_it(lambda: net.generate(**ids, **settings), f"bare generate {tokens}"),
-                   hooks=time_it(hooks_generate, f"hooks generate {tokens}"),
-                   lib=time_it(generate, f"generate {tokens}"))
+            record(f"generate{tokens}_per_token", scale=tokens, bare=lambda: net.generate(**ids, **settings),
+                   hooks=hooks_generate, lib=generate)
 
         batch4 = tokenizer([PROMPT] * 4, return_tensors="pt", padding=True)
 
@@ -120,8 +124,22 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
             with model.trace(batch4):
                 out = model.lm_head.output.save()
 
-        record("four_invokes", bare=time_it(lambda: net(**batch4), "bare batch-4"),
-               batch4=time_it(one_batch, "trace batch-4"), lib=time_it(four_invokes, "4 invokes"))
+        record("four_invokes", bare=lambda: net(**batch4), batch4=one_batch, lib=four_invokes)
+
+        # `.source`: built on every attention but unused, and reading one operation.
+        def save_module():
+            with model.trace(ids):
+                out = model.transformer.h[3].attn.output.save()
+
+        def read_op():
+            with model.trace(ids):
+                out = model.transformer.h[3].attn.source.attention_interface_1.output.save()
+
+        plain_net = copy.deepcopy(net)  # the same weights, never wrapped
+        for block in model.transformer.h:
+            str(block.attn.source)
+        record("source_built_unused", bare=lambda: plain_net(**ids), lib=bare_forward)
+        record("source_read_one_op", bare=bare_forward, save_module=save_module, lib=read_op)
     return results
 
 

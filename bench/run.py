@@ -91,7 +91,7 @@ def lm_markdown(lm_results: dict[str, dict]) -> str:
                 r = lm_results[lib].get(config, {}).get(name)
                 if r is None:
                     continue
-                other = "hooks" if "hooks" in r else "batch4"
+                other = next((k for k in ("hooks", "batch4", "save_module") if k in r), "bare")
                 rows.append([f"{config} {name}", lib, f"{r['bare']:.0f}",
                              f"{other}: {r[other]:.0f} ({r[other] / r['bare']:.3f}×)",
                              f"{r['lib']:.0f} ({r['lib'] / r['bare']:.3f}×, {r['lib'] / r[other]:.3f}× {other})",

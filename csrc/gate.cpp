@@ -211,6 +211,25 @@ PyObject* gate_getattro(PyObject* self, PyObject* name) {
   return PyObject_GetAttr(reinterpret_cast<GateObject*>(self)->forward, name);
 }
 
+// Copying or pickling a wrapped module copies its original forward, not the Gate
+// (see nnsight_fast/gate_copy.py).
+PyObject* gate_reduce(PyObject* self, PyObject*) {
+  PyObject* module = PyImport_ImportModule("nnsight_fast.gate_copy");
+  if (module == nullptr) return nullptr;
+  PyObject* restore = PyObject_GetAttrString(module, "restore_forward");
+  Py_DECREF(module);
+  if (restore == nullptr) return nullptr;
+  PyObject* forward = reinterpret_cast<GateObject*>(self)->forward;
+  return Py_BuildValue("(N(O))", restore, forward ? forward : Py_None);
+}
+
+PyObject* gate_reduce_ex(PyObject* self, PyObject*) { return gate_reduce(self, nullptr); }
+
+PyMethodDef gate_methods[] = {
+    {"__reduce__", gate_reduce, METH_NOARGS, "copy/pickle as the original forward"},
+    {"__reduce_ex__", gate_reduce_ex, METH_O, "copy/pickle as the original forward"},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyMemberDef gate_members[] = {
     {"forward", T_OBJECT, offsetof(GateObject, forward), READONLY, "the original forward"},
     {"__wrapped__", T_OBJECT, offsetof(GateObject, forward), READONLY, "for inspect.signature"},
@@ -255,6 +274,7 @@ bool add_gate_type(PyObject* module) {
   GateType.tp_repr = gate_repr;
   GateType.tp_getattro = gate_getattro;
   GateType.tp_members = gate_members;
+  GateType.tp_methods = gate_methods;
   if (PyType_Ready(&GateType) < 0) return false;
   Py_INCREF(&GateType);
   if (PyModule_AddObject(module, "Gate", reinterpret_cast<PyObject*>(&GateType)) != 0) return false;

@@ -315,3 +315,19 @@ def test_sequential_outputs_in_a_saved_list():
     for layer, out in zip(seq, outs):
         h = layer(h)
         assert torch.equal(out, h)
+
+
+def test_a_wrapped_module_can_be_deep_copied_and_pickled(device, tmp_path):
+    import copy
+
+    net, model = make(MLP, device)
+    x = torch.randn(2, 4, device=device)
+    clone = copy.deepcopy(net)
+    assert not _native.is_gate(clone.fc1.__dict__.get("forward", clone.fc1.forward))
+    assert torch.equal(clone(x), net(x))
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    assert torch.equal(loaded(x), net(x))
+    with model.trace(x):  # the original stays wrapped
+        h = model.fc1.output.save()
+    assert torch.equal(h, net.fc1(x))
