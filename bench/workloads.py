@@ -33,7 +33,7 @@ def load_package_file(name: str):
     return module
 
 
-median_seconds = load_package_file("timing.py").median_seconds
+timing = load_package_file("timing.py")
 
 SIZES = (8, 32, 128)
 
@@ -62,7 +62,12 @@ def run(lib_name: str, repeats: int) -> dict:
     x = torch.randn(4, 16)
     results: dict[str, dict] = {}
 
-    def record(name, **timings):
+    def record(name, inner=1, **variants):
+        """Times the variants round-robin, so drift of the machine hits all of them alike."""
+        if inner > 1:
+            variants = {k: (lambda f=f: [f() for _ in range(inner)]) for k, f in variants.items()}
+        timings = timing.interleaved_medians(variants, repeats, warmup=20, label=name)
+        timings = {k: v / inner for k, v in timings.items()}
         results[name] = {k: v * 1e6 for k, v in timings.items()}  # microseconds
         print(f"  {name:<28} " + "  ".join(f"{k}={v * 1e6:8.1f}µs" for k, v in timings.items()), file=sys.stderr)
 
@@ -70,7 +75,8 @@ def run(lib_name: str, repeats: int) -> dict:
         # Empty trace, one saved output, and the untraced wrapped model (5-module MLP).
         bare_net = mlp()
         model = lib.NNsight(mlp())
-        bare = median_seconds(lambda: bare_net(x), repeats, label="mlp bare")
+        def bare():
+            bare_net(x)
 
         def empty():
             with model.trace(x):
@@ -86,11 +92,9 @@ def run(lib_name: str, repeats: int) -> dict:
             for h in handles:
                 h.remove()
 
-        record("mlp_empty_trace", bare=bare, lib=median_seconds(empty, repeats, label="mlp empty trace"))
-        record("mlp_save_one", bare=bare, hooks=median_seconds(one_hook, repeats, label="mlp hook one"),
-               lib=median_seconds(save_one, repeats, label="mlp save one"))
-        record("mlp_untraced", bare=median_seconds(lambda: bare_net(x), repeats, label="mlp bare", inner=20),
-               lib=median_seconds(lambda: model(x), repeats, label="mlp wrapped, untraced", inner=20))
+        record("mlp_empty_trace", bare=bare, lib=empty)
+        record("mlp_save_one", bare=bare, hooks=one_hook, lib=save_one)
+        record("mlp_untraced", inner=20, bare=bare, lib=lambda: model(x))
 
         # Saving all / only the last of n Linear(16,16).
         for n in SIZES:
@@ -118,14 +122,12 @@ def run(lib_name: str, repeats: int) -> dict:
                 for h in handles:
                     h.remove()
 
-            bare = median_seconds(lambda: bare_net(x), repeats, label=f"stack{n} bare")
-            record(f"stack{n}_save_all", bare=bare, hooks=median_seconds(hook_all, repeats, label=f"stack{n} hooks all"),
-                   lib=median_seconds(save_all, repeats, label=f"stack{n} save all"))
-            record(f"stack{n}_save_last", bare=bare,
-                   hooks=median_seconds(hook_last, repeats, label=f"stack{n} hook last"),
-                   lib=median_seconds(save_last, repeats, label=f"stack{n} save last"))
-            record(f"stack{n}_untraced", bare=median_seconds(lambda: bare_net(x), repeats, label=f"stack{n} bare"),
-                   lib=median_seconds(lambda: model(x), repeats, label=f"stack{n} untraced"))
+            def bare():
+                bare_net(x)
+
+            record(f"stack{n}_save_all", bare=bare, hooks=hook_all, lib=save_all)
+            record(f"stack{n}_save_last", bare=bare, hooks=hook_last, lib=save_last)
+            record(f"stack{n}_untraced", bare=bare, lib=lambda: model(x))
 
     if lib_name == "nnsight_fast":
         results["handoff_round_trip"] = {"lib": handoff_round_trip(repeats) * 1e6}
