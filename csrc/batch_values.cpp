@@ -108,6 +108,21 @@ PyObject* narrow_value(PyObject* value, const MediatorSlot& slot, int64_t batch_
   });
 }
 
+PyObject* copy_value(PyObject* value, const CopySpec& spec) {
+  return map_structure(value, nullptr, [&](PyObject* leaf, PyObject*) -> PyObject* {
+    if (!THPVariable_Check(leaf)) {
+      Py_INCREF(leaf);
+      return leaf;
+    }
+    try {
+      return THPVariable_Wrap(cache_copy(THPVariable_Unpack(leaf), spec));
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+      return nullptr;
+    }
+  });
+}
+
 PyObject* widen_value(PyObject* full, PyObject* part, const MediatorSlot& slot, int64_t batch_size) {
   return map_structure(full, part, [&](PyObject* base, PyObject* assigned) -> PyObject* {
     if (assigned == nullptr) {

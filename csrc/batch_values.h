@@ -10,11 +10,14 @@
 
 #include <Python.h>
 
+#include "cache_copy.h"
 #include "dispatcher.h"
 
 namespace nnsight_fast {
 
 PyObject* narrow_value(PyObject* value, const MediatorSlot& slot, int64_t batch_size);
+// The cache's copy of a nested value (cache_copy on every tensor).
+PyObject* copy_value(PyObject* value, const CopySpec& spec);
 PyObject* widen_value(PyObject* full, PyObject* part, const MediatorSlot& slot, int64_t batch_size);
 
 }  // namespace nnsight_fast

@@ -5,9 +5,11 @@
 //   trace = _native.Trace(d); trace.add_mediator(channel, 0, -1); trace.activate()
 //
 // The only translation unit that includes pybind11; the logic lives in the other files.
+#include <torch/csrc/Dtype.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <memory>
+#include <optional>
 
 #include "channel.h"
 #include "dispatcher.h"
@@ -25,6 +27,8 @@ struct Trace {
   explicit Trace(Dispatcher* dispatcher) : state(dispatcher) {}
   TraceState state;
   std::vector<py::object> channels;
+  std::vector<py::object> sinks;
+  std::vector<std::unique_ptr<CacheObserver>> observers;
   TraceState* previous = nullptr;
   bool active = false;
 };
@@ -94,6 +98,20 @@ PYBIND11_MODULE(_native, m) {
       .def("observe", [](Trace& t, int location) { t.state.observe(location); },
            "Marks `location` wanted for the rest of the trace (e.g. a module's `.source` flag).")
       .def("set_visits", [](Trace& t, int location, int64_t visits) { t.state.set_visits(location, visits); })
+      .def(
+          "add_cache_observer",
+          [](Trace& t, int location, py::list sink, bool detach, std::optional<c10::Device> device, py::object dtype,
+             int mediator) {
+            std::optional<c10::ScalarType> scalar;
+            if (!dtype.is_none()) {
+              if (!THPDtype_Check(dtype.ptr())) throw py::type_error("dtype must be a torch.dtype or None");
+              scalar = reinterpret_cast<THPDtype*>(dtype.ptr())->scalar_type;
+            }
+            t.sinks.push_back(sink);
+            t.observers.push_back(std::make_unique<CacheObserver>(CacheObserver{sink.ptr(), {detach, device, scalar}, mediator}));
+            t.state.add_observer(location, t.observers.back().get());
+          },
+          "Appends a copy of every value `location` takes (after edits) to `sink`.")
       .def("serving", [](Trace& t, int location, int64_t occurrence) { return t.state.serving(location, occurrence); })
       .def("release", [](Trace& t, int mediator) { t.state.release(mediator); })
       .def("resume_released",

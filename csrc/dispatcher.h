@@ -112,6 +112,20 @@ class TraceState {
     visit_counts_[location] = visits;
   }
 
+  // Observers see every visit of a location after the mediators' edits (e.g. a cache).
+  // They are opaque here; `observe` marks the location wanted.
+  void add_observer(int location, void* observer) {
+    observers_[location].push_back(observer);
+    observe(location);
+  }
+  template <typename F>
+  void for_each_observer(int location, F&& f) const {
+    if (observers_.empty()) return;
+    auto it = observers_.find(location);
+    if (it == observers_.end()) return;
+    for (void* o : it->second) f(o);
+  }
+
   // All parked requests as (location, mediator, occurrence).
   std::vector<std::tuple<int, int, int64_t>> parked() const;
 
@@ -139,6 +153,7 @@ class TraceState {
   std::unordered_map<int, std::vector<ParkedRequest>> parked_;
   std::vector<MediatorSlot> mediators_;
   std::vector<int> released_;
+  std::unordered_map<int, std::vector<void*>> observers_;
   int serving_location_ = -1;
   int64_t serving_occurrence_ = -1;
   int64_t batch_size_ = -1;

@@ -391,6 +391,20 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
     if (!ok) break;
   }
   trace->set_serving(-1, -1);
+  if (ok) {
+    trace->for_each_observer(location, [&](void* opaque) {
+      if (!ok) return;
+      auto* observer = static_cast<CacheObserver*>(opaque);
+      PyObject* seen = current;
+      Py_INCREF(seen);
+      if (observer->mediator >= 0 && trace->narrows() && trace->mediator(observer->mediator).row_count >= 0)
+        Py_SETREF(seen, narrow_value(seen, trace->mediator(observer->mediator), trace->batch_size()));
+      PyObject* copied = seen ? copy_value(seen, observer->spec) : nullptr;
+      Py_XDECREF(seen);
+      ok = copied != nullptr && PyList_Append(observer->sink, copied) == 0;
+      Py_XDECREF(copied);
+    });
+  }
   if (!ok) {
     Py_DECREF(current);
     if (skips != nullptr) {

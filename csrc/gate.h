@@ -13,6 +13,7 @@
 
 #include <vector>
 
+#include "cache_copy.h"
 #include "dispatcher.h"
 
 namespace nnsight_fast {
@@ -48,6 +49,13 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
 // Resumes the mediators a barrier released (they continue until they park or end).
 // Returns false with `Abort` set when one failed.
 bool resume_released(TraceState* trace);
+
+// A cache's record of one location: each visit appends the (copied) value to `sink`.
+struct CacheObserver {
+  PyObject* sink;      // a list, owned by the Python side
+  CopySpec spec;
+  int mediator = -1;   // narrow to this mediator's rows (-1: the whole batch)
+};
 
 // The exception a Gate raises to unwind the model when a mediator failed.
 void set_abort_type(PyObject* type);

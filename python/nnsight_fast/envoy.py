@@ -124,6 +124,53 @@ class Envoy:
         return self
 
     # ---- the tree ----
+    def modules(self, include_fn=None, names: bool = False) -> list:
+        """This Envoy and every Envoy below it (filtered by `include_fn`), as (path, Envoy) with names=True."""
+        found = []
+        stack = [self]
+        while stack:
+            envoy = stack.pop()
+            if include_fn is None or include_fn(envoy):
+                found.append((envoy.path, envoy) if names else envoy)
+            stack.extend(reversed(list(envoy._children.values())))
+        return found
+
+    def named_modules(self, *args: Any, **kwargs: Any) -> list:
+        """modules(..., names=True)."""
+        return self.modules(*args, names=True, **kwargs)
+
+    def get(self, path: str) -> Any:
+        """The Envoy (or value, in a trace) at a dotted path: `model.get("transformer.h.0.mlp.output")`."""
+        parts = path.split(".")
+        if parts and parts[0] == self.path.split(".")[-1] and self is self._root:
+            parts = parts[1:]
+        found: Any = self
+        for part in parts:
+            found = found[int(part)] if part.lstrip("-").isdigit() and isinstance(found, Envoy) else getattr(found, part)
+        return found
+
+    def to(self, *args: Any, **kwargs: Any) -> "Envoy":
+        self._module.to(*args, **kwargs)
+        return self
+
+    def cpu(self, *args: Any, **kwargs: Any) -> "Envoy":
+        self._module.cpu(*args, **kwargs)
+        return self
+
+    def cuda(self, *args: Any, **kwargs: Any) -> "Envoy":
+        self._module.cuda(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the module's first parameter."""
+        return next((p.device for p in self._module.parameters()), None)
+
+    @property
+    def devices(self) -> set:
+        """The devices of all the module's parameters."""
+        return {p.device for p in self._module.parameters()}
+
     def __getattr__(self, name: str) -> Any:
         module = self.__dict__.get("_module")
         if module is None:

@@ -44,6 +44,10 @@ class NNsight(Envoy):
         self._gated[id(module)] = locations
         return locations
 
+    def _path_aliases(self) -> dict[str, str]:
+        """Alias path -> real path, for renamed modules (none yet)."""
+        return {}
+
     # ---- tracing ----
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A trace of one forward pass; with inputs, the `with` body is one invoke over them."""

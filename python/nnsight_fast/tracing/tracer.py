@@ -21,6 +21,8 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .. import _native
 from ..config import CONFIG
 from ..errors import Abort, Cancelled, EarlyStop, outside_trace_error, strip_library_frames
@@ -29,6 +31,7 @@ from ..saving import enter_scope
 from ..workers import POOL
 from .capture import BodyCapture, write_back
 from .barrier import Barrier
+from .cache import CacheDict
 from .invoker import Invoke, Invoker
 from .iteration import Iterations, LoopEnd
 
@@ -50,6 +53,8 @@ class Tracer:
         self._warnings: list[str] = []
         self.shared_variables: dict[str, Any] = {}
         self.source_flags: set[int] = set()  # modules whose `.source` operations this trace asked for
+        self._caches: list = []  # tracer.cache() requests
+        self._cache_records: list = []  # (CacheDict, [(path, kind, sink)]) once registered
 
     # ---- the `with` statement ----
     def __enter__(self) -> "Tracer":
@@ -108,6 +113,39 @@ class Tracer:
         mediator.iteration += step
         mediator.offsets.clear()
         return self
+
+    def cache(self, modules=None, device=torch.device("cpu"), dtype=None, detach: bool = True,
+              include_output: bool = True, include_inputs: bool = False) -> CacheDict:
+        """Records the chosen modules' values (all modules when None) after edits; see tracing/cache.py."""
+        mediator = current_mediator()
+        if mediator is not None and mediator.requests_made:
+            raise ValueError(
+                "tracer.cache() must be declared before the block reads or edits any value: move it to the "
+                "top of the block"
+            )
+        envoys = self.model.modules() if modules is None else [
+            self.model.get(m) if isinstance(m, str) else m for m in modules
+        ]
+        kinds = [kind for kind, wanted in (("output", include_output), ("inputs", include_inputs)) if wanted]
+        cache = CacheDict(aliases=self.model._path_aliases())
+        request = (cache, [(e.path, kind, e._output_location if kind == "output" else e._input_location)
+                           for e in envoys for kind in kinds],
+                   torch.device(device) if device is not None else None, dtype, detach,
+                   mediator.index if mediator is not None else -1)
+        self._caches.append(request)
+        if self._native is not None:
+            self._register_cache(request)
+        self.record_save(cache)
+        return cache
+
+    def _register_cache(self, request) -> None:
+        cache, locations, device, dtype, detach, mediator_index = request
+        records = []
+        for path, kind, location in locations:
+            sink: list = []
+            self._native.add_cache_observer(location, sink, detach, device, dtype, mediator_index)
+            records.append((path, kind, sink))
+        self._cache_records.append((cache, records))
 
     def barrier(self, participants: int) -> Barrier:
         """A point that `participants` invokes reach together (see tracing/barrier.py)."""
@@ -177,6 +215,8 @@ class Tracer:
         model_error: BaseException | None = None
         native.activate()
         self._native = native
+        for request in self._caches:  # declared at trace level, before the run
+            self._register_cache(request)
         self.running = True
         try:
             for mediator in self.mediators:
@@ -197,6 +237,9 @@ class Tracer:
             for mediator in self.mediators:
                 if mediator.channel.busy:
                     mediator.channel.cancel()
+        for cache, records in self._cache_records:
+            cache._fill(records)
+        self._cache_records.clear()
         for message in self._warnings:
             warnings.warn(message, UserWarning, stacklevel=4)
         self._warnings.clear()
