@@ -64,6 +64,9 @@ PYBIND11_MODULE(_native, m) {
     auto* native = dispatcher.cast<Dispatcher*>();
     return steal_or_throw(new_source_op(dispatcher.ptr(), native, callee_location, input_location, output_location));
   });
+  m.def("set_location_hook", [](Dispatcher& dispatcher, int location, py::object hook) {
+    set_location_hook(&dispatcher, location, hook.is_none() ? nullptr : hook.ptr());
+  });
   m.def("set_gate_source", [](py::object gate, py::object source_forward, int source_location) {
     if (!set_gate_source(gate.ptr(), source_forward.is_none() ? nullptr : source_forward.ptr(), source_location))
       throw py::error_already_set();

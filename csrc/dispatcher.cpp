@@ -32,6 +32,14 @@ int Dispatcher::size() const {
   return static_cast<int>(names_.size());
 }
 
+void* Dispatcher::set_hook(int location, void* hook) {
+  if (static_cast<size_t>(location) >= hooks_.size()) hooks_.resize(static_cast<size_t>(location) + 1, nullptr);
+  void* previous = hooks_[location];
+  hooks_[location] = hook;
+  hook_count_ += (hook != nullptr) - (previous != nullptr);
+  return previous;
+}
+
 void TraceState::grow(int location) {
   const size_t size = std::max<size_t>(static_cast<size_t>(location) + 1, dispatcher_->size());
   if (visit_counts_.size() < size) visit_counts_.resize(size, 0);

@@ -29,7 +29,17 @@ class Dispatcher {
   std::string name(int location) const;
   int size() const;
 
+  // Plain hooks at locations (HookHandler): opaque callables, applied by the Gate with
+  // or without a trace. Reference counts are the caller's business.
+  void* hook(int location) const {
+    return static_cast<size_t>(location) < hooks_.size() ? hooks_[location] : nullptr;
+  }
+  void* set_hook(int location, void* hook);  // returns the previous one
+  bool has_hooks() const { return hook_count_ != 0; }
+
  private:
+  std::vector<void*> hooks_;
+  int hook_count_ = 0;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, int> ids_;
   std::vector<std::string> names_;

@@ -102,6 +102,8 @@ PyObject* apply_skips(PyObject* forward, TraceState* trace, PyObject* inputs, st
 PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, PyObject* const* args, size_t nargsf,
                       PyObject* kwnames) {
   const int64_t in_occurrence = trace->visit(self->input_location);
+  auto* in_hook = static_cast<PyObject*>(self->dispatcher->has_hooks() ? self->dispatcher->hook(self->input_location)
+                                                                       : nullptr);
   if (trace->wanted(self->output_location)) {
     // Someone waits for this call's output: wake them now, so they are spinning
     // (not asleep) when the forward returns.
@@ -113,8 +115,10 @@ PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, Py
     if (first >= 0) static_cast<Channel*>(trace->mediator(first).channel)->poke();
   }
   PyObject* result;
-  if (trace->wanted(self->input_location)) {
+  if (in_hook != nullptr || trace->wanted(self->input_location)) {
     PyObject* inputs = pack_inputs(args, nargsf, kwnames);
+    if (inputs == nullptr) return nullptr;
+    if (in_hook != nullptr) Py_SETREF(inputs, PyObject_CallOneArg(in_hook, inputs));
     if (inputs == nullptr) return nullptr;
     std::vector<SkipRequest> skips;
     PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skips);
@@ -129,6 +133,12 @@ PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, Py
     result = PyObject_Vectorcall(forward, args, nargsf, kwnames);
   }
   if (result == nullptr) return nullptr;
+  if (self->dispatcher->has_hooks()) {
+    if (auto* out_hook = static_cast<PyObject*>(self->dispatcher->hook(self->output_location))) {
+      Py_SETREF(result, PyObject_CallOneArg(out_hook, result));
+      if (result == nullptr) return nullptr;
+    }
+  }
 
   const int64_t out_occurrence = trace->visit(self->output_location);
   if (trace->wanted(self->output_location)) {
@@ -139,11 +149,31 @@ PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, Py
   return result;
 }
 
+// Outside a trace, with HookHandler hooks on this dispatcher.
+PyObject* gate_hooked(GateObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* in_hook = static_cast<PyObject*>(self->dispatcher->hook(self->input_location));
+  auto* out_hook = static_cast<PyObject*>(self->dispatcher->hook(self->output_location));
+  PyObject* result;
+  if (in_hook != nullptr) {
+    PyObject* inputs = pack_inputs(args, nargsf, kwnames);
+    if (inputs != nullptr) Py_SETREF(inputs, PyObject_CallOneArg(in_hook, inputs));
+    if (inputs == nullptr) return nullptr;
+    result = call_with_inputs(self->forward, inputs);
+    Py_DECREF(inputs);
+  } else {
+    result = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+  }
+  if (result != nullptr && out_hook != nullptr) Py_SETREF(result, PyObject_CallOneArg(out_hook, result));
+  return result;
+}
+
 PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   auto* self = reinterpret_cast<GateObject*>(callable);
   TraceState* trace = active_trace();
-  if (trace == nullptr || trace->dispatcher() != self->dispatcher)
+  if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
+    if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
     return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+  }
   PyObject* forward = self->source_forward != nullptr && trace->wanted(self->source_location) ? self->source_forward
                                                                                               : self->forward;
   return gate_traced(self, forward, trace, args, nargsf, kwnames);
@@ -297,6 +327,11 @@ PyObject* new_source_op(PyObject* owner, Dispatcher* dispatcher, int callee_loca
                         int output_location) {
   return reinterpret_cast<PyObject*>(alloc_gate(&SourceOpType, source_op_vectorcall, nullptr, owner, dispatcher,
                                                 input_location, output_location, callee_location));
+}
+
+void set_location_hook(Dispatcher* dispatcher, int location, PyObject* hook) {
+  Py_XINCREF(hook);
+  Py_XDECREF(static_cast<PyObject*>(dispatcher->set_hook(location, hook)));
 }
 
 bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_location) {

@@ -50,6 +50,9 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
 // Returns false with `Abort` set when one failed.
 bool resume_released(TraceState* trace);
 
+// Sets (or with nullptr removes) the plain hook applied at `location`: value -> value.
+void set_location_hook(Dispatcher* dispatcher, int location, PyObject* hook);
+
 // A cache's record of one location: each visit appends the (copied) value to `sink`.
 struct CacheObserver {
   PyObject* sink;      // a list, owned by the Python side

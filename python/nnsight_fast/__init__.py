@@ -26,10 +26,11 @@ from . import _native  # noqa: E402
 from .config import CONFIG  # noqa: E402
 from .envoy import Envoy  # noqa: E402
 from .errors import Abort, Cancelled, OutOfOrderError  # noqa: E402
+from .hooks import HookHandler  # noqa: E402
 from .model import NNsight  # noqa: E402
 from .modeling.language_model import LanguageModel  # noqa: E402
 from .saving import save  # noqa: E402
 
 _native.set_exception_types(Abort, Cancelled)
 
-__all__ = ["NNsight", "LanguageModel", "Envoy", "save", "CONFIG", "OutOfOrderError"]
+__all__ = ["NNsight", "LanguageModel", "Envoy", "save", "CONFIG", "OutOfOrderError", "HookHandler"]

@@ -1,0 +1,52 @@
+"""HookHandler: plain input/output hooks on named modules, applied by the dispatcher.
+
+    def double(outputs, path):
+        return outputs * 2
+    with HookHandler(model, ["fc1", "fc2"], output_hook=double):
+        y = model(x)             # fc1 and fc2 outputs doubled (in traces too)
+    # on exit the hooks are gone
+
+`input_hook(inputs, path) -> inputs` receives the module's inputs as (args, kwargs);
+`output_hook(output, path) -> output` its output. `model` is an NNsight model (a plain
+module is wrapped); module keys are paths like "transformer.h.0" (or "model.transformer.h.0").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from . import _native
+from .model import NNsight
+
+
+class HookHandler:
+    def __init__(self, model: NNsight | torch.nn.Module, module_keys: list[str],
+                 input_hook: Callable[[Any, str], Any] | None = None,
+                 output_hook: Callable[[Any, str], Any] | None = None):
+        self.model = model if isinstance(model, NNsight) else NNsight(model)
+        self.modules = [(self.model.get(key), key) for key in module_keys]
+        self.input_hook, self.output_hook = input_hook, output_hook
+        self._installed: list[int] = []
+
+    def __enter__(self) -> "HookHandler":
+        dispatcher = self.model._dispatcher
+        try:
+            for envoy, key in self.modules:
+                path = envoy.path
+                for hook, location in ((self.input_hook, envoy._input_location),
+                                       (self.output_hook, envoy._output_location)):
+                    if hook is None:
+                        continue
+                    _native.set_location_hook(dispatcher, location, lambda value, hook=hook, path=path: hook(value, path))
+                    self._installed.append(location)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for location in self._installed:
+            _native.set_location_hook(self.model._dispatcher, location, None)
+        self._installed.clear()
