@@ -143,6 +143,13 @@ PYBIND11_MODULE(_native, m) {
            })
       .def_property_readonly("active", [](Trace& t) { return t.active; })
       .def(
+          "run_here",
+          [](Trace& t, py::object fn) {
+            ActiveTrace scope(&t.state);
+            return fn();
+          },
+          "Calls fn() with this trace active on the calling thread (an Envoy called with hook=True).")
+      .def(
           "serve",
           [](Trace& t, int location, py::object value) {
             const int64_t occurrence = t.state.visit(location);

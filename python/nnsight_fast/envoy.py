@@ -45,15 +45,33 @@ def _with_first_input(inputs: tuple, value: Any) -> tuple:
 
 
 class Envoy:
+    #: A submodule named like an Envoy attribute (`output`, `input`, ...) is reachable as `E_<name>`.
+    OVERLOAD_PREFIX = "E_"
+
     def __init__(self, module: torch.nn.Module, path: str, root: "NNsight | None" = None):
         root = self if root is None else root
         self.__dict__.update(_module=module, path=path, _root=root, _children={})
         self._input_location, self._output_location = root._gate_module(module, path)
         for name, child in module.named_children():
-            envoy = Envoy(child, f"{path}.{name}", root)
-            self._children[name] = envoy
-            if not hasattr(type(self), name):
-                self.__dict__[name] = envoy
+            self._add_child(name, child)
+
+    def _add_child(self, name: str, module: torch.nn.Module) -> "Envoy":
+        path = f"{self.path}.{name}"
+        envoy = self._root._envoy_class_for(module, path)(module, path, self._root)
+        self._children[name] = envoy
+        attribute = self.OVERLOAD_PREFIX + name if hasattr(type(self), name) else name
+        self.__dict__[attribute] = envoy
+        return envoy
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Attaching a module (`model.layer.sae = SAE()`) adds it to the module and the tree."""
+        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
+            setattr(self._module, name, value)
+            self._add_child(name, value)
+        elif name in type(self).__dict__ or name.startswith("_") or name in self.__dict__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._module, name, value)
 
     def _rebind(self, module: torch.nn.Module) -> None:
         """Points this Envoy (and its children, by name) at `module`, e.g. once real weights are loaded."""
@@ -193,9 +211,13 @@ class Envoy:
     def __iter__(self) -> Iterator["Envoy"]:
         return iter(list(self._children.values()))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Calls the module itself (inside a trace body: an extra, untraced call)."""
-        return self._module(*args, **kwargs)
+    def __call__(self, *args: Any, hook: bool = False, **kwargs: Any) -> Any:
+        """Calls the module itself. In a trace body the call is untraced, unless hook=True: then it
+        goes through the dispatcher (caches, hooks and other invokes' requests see it)."""
+        mediator = _mediator.current_mediator() if hook else None
+        if mediator is None:
+            return self._module(*args, **kwargs)
+        return mediator.native_trace.run_here(lambda: self._module(*args, **kwargs))
 
     def __repr__(self) -> str:
         return repr(self._module)

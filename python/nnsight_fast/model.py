@@ -21,18 +21,22 @@ import torch
 
 from . import _native
 from .envoy import Envoy
+from .naming import Naming
 from .tracing.tracer import Tracer
 
 
 class NNsight(Envoy):
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, rename: dict | None = None, envoys: Any = None):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
-        self.__dict__["_dispatcher"] = _native.Dispatcher()
-        self.__dict__["_gated"] = {}
-        self.__dict__["_source_sites"] = {}
+        self.__dict__.update(_dispatcher=_native.Dispatcher(), _gated={}, _source_sites={},
+                             _naming=Naming(rename, envoys))
         super().__init__(module, "model", None)
         self.__dict__["_result_location"] = self._dispatcher.intern("result")
+        self._naming.mount(self)
+
+    def _envoy_class_for(self, module: torch.nn.Module, path: str) -> type:
+        return self._naming.envoy_class(module, path)
 
     def _gate_module(self, module: torch.nn.Module, path: str) -> tuple[int, int]:
         """Installs the Gate on `module` (once per model); returns its (input, output) locations."""
@@ -45,12 +49,18 @@ class NNsight(Envoy):
         return locations
 
     def _path_aliases(self) -> dict[str, str]:
-        """Alias path -> real path, for renamed modules (none yet)."""
-        return {}
+        """Alias path -> real path, for renamed modules."""
+        return self._naming.alias_paths
 
     # ---- tracing ----
-    def trace(self, *args: Any, **kwargs: Any) -> Tracer:
-        """A trace of one forward pass; with inputs, the `with` body is one invoke over them."""
+    def trace(self, *args: Any, trace: bool = True, **kwargs: Any) -> Tracer | Any:
+        """A trace of one forward pass; with inputs, the `with` body is one invoke over them.
+
+        trace=False runs the model once on the prepared inputs and returns its output."""
+        if not trace:
+            self._prepare_run()
+            args, kwargs, _ = self._prepare_inputs(*args, **kwargs)
+            return self._run(args, kwargs)
         return Tracer(self, args, kwargs)
 
     def _prepare_run(self) -> None:

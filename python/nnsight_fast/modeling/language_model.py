@@ -47,6 +47,7 @@ class LanguageModel(NNsight):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         automodel = automodel or AutoModelForCausalLM
+        naming = {k: from_pretrained_kwargs.pop(k) for k in ("rename", "envoys") if k in from_pretrained_kwargs}
         if isinstance(repo_or_folder, torch.nn.Module):
             module, self.__dict__["repo_id"] = repo_or_folder, getattr(repo_or_folder.config, "_name_or_path", None)
             dispatched = True
@@ -71,7 +72,7 @@ class LanguageModel(NNsight):
             tokenizer=tokenizer, _dispatched=dispatched, _automodel=automodel, _device_map=device_map,
             _load_args=args, _load_kwargs=from_pretrained_kwargs,
         )
-        super().__init__(module)
+        super().__init__(module, **naming)
         generator = Envoy(Generator(), "model.generator", self)
         self._children["generator"] = generator
         self.__dict__["generator"] = generator

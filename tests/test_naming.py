@@ -1,0 +1,128 @@
+"""rename=, envoys=, get/modules, trace=False, attached modules, overloaded names, several wrappers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnsight_fast import Envoy, NNsight
+
+from models import MLP, Nested
+
+
+class Named(nn.Module):
+    """Has submodules named `output` and `input`, like BERT's."""
+
+    def __init__(self):
+        super().__init__()
+        self.input = nn.Linear(4, 4)
+        self.output = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.output(torch.relu(self.input(x)))
+
+
+class MarkedEnvoy(Envoy):
+    marked = True
+
+
+def test_rename_plain_dotted_and_lists():
+    torch.manual_seed(0)
+    net = Nested()
+    model = NNsight(net, rename={"inner": "proj", ".blocks": ["layers", "stack"], ".blocks.0.norm": "first_norm"})
+    assert model.layers is model.blocks and model.stack is model.blocks
+    assert model.blocks[1].proj is model.blocks[1].inner
+    assert model.first_norm is model.blocks[0].norm
+    x = torch.randn(2, 4)
+    with model.trace(x) as tracer:
+        cache = tracer.cache(modules=["model.layers.1"])
+        hidden = model.layers[1].proj.output.save()
+    h0 = net.blocks[0](net.embed(x))
+    assert torch.allclose(hidden, net.blocks[1].inner(h0))
+    assert torch.allclose(cache["model.layers.1"].output, net.blocks[1](h0))
+    assert torch.allclose(cache.model.stack[1].output, net.blocks[1](h0))
+
+
+def test_envoy_classes_by_type_by_suffix_and_for_all():
+    net = Nested()
+    by_type = NNsight(net, envoys={nn.LayerNorm: MarkedEnvoy})
+    assert isinstance(by_type.blocks[0].norm, MarkedEnvoy) and not isinstance(by_type.embed, MarkedEnvoy)
+    by_suffix = NNsight(Nested(), envoys={"blocks.1.inner": MarkedEnvoy})
+    assert isinstance(by_suffix.blocks[1].inner, MarkedEnvoy) and not isinstance(by_suffix.blocks[0].inner, MarkedEnvoy)
+    aliased = NNsight(Nested(), rename={"inner": "proj"}, envoys={"proj": MarkedEnvoy})
+    assert all(isinstance(b.inner, MarkedEnvoy) for b in aliased.blocks)
+    everything = NNsight(Nested(), envoys=MarkedEnvoy)
+    assert isinstance(everything.blocks[2].norm, MarkedEnvoy)
+
+
+def test_get_modules_and_devices():
+    net = Nested()
+    model = NNsight(net)
+    assert model.get("blocks.0.inner") is model.blocks[0].inner
+    assert model.get("model.blocks.1") is model.blocks[1]
+    paths = [path for path, _ in model.named_modules()]
+    assert paths[0] == "model" and "model.blocks.2.norm" in paths and len(paths) == len(list(net.modules()))
+    linears = model.modules(include_fn=lambda e: isinstance(e._module, nn.Linear))
+    assert len(linears) == 5
+    assert model.device == torch.device("cpu") and model.devices == {torch.device("cpu")}
+    assert model.to("cpu") is model
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        via_get = model.get("blocks.0.inner.output").save()
+    assert torch.allclose(via_get, net.blocks[0].inner(net.embed(x)))
+
+
+def test_trace_false_runs_once():
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    assert torch.equal(model.trace(x, trace=False), net(x))
+
+
+def test_submodules_named_like_envoy_attributes():
+    torch.manual_seed(0)
+    net = Named()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        first = model.E_input.output.save()
+        last_in = model.E_output.input.save()
+        out = model.output.save()
+    assert torch.allclose(first, net.input(x)) and torch.allclose(last_in, torch.relu(net.input(x)))
+    assert torch.allclose(out, net(x))
+
+
+def test_attached_module_observed_with_hook():
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net)
+    model.fc2.sae = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+    x = torch.randn(2, 4)
+    with model.trace(x) as tracer:
+        cache = tracer.cache(modules=[model.fc2.sae[1]])
+        hidden = model.fc2.output
+        plain = model.fc2.sae(hidden)              # untraced: the cache does not see it
+        observed = model.fc2.sae(hidden, hook=True)  # through the dispatcher
+        observed = observed.save()
+    sae = net.fc2.sae
+    h = net.fc2(torch.relu(net.fc1(x)))
+    assert torch.allclose(observed, sae(h))
+    assert torch.allclose(cache["model.fc2.sae.1"].output, torch.relu(sae[0](h)))
+
+
+def test_two_wrappers_on_one_module():
+    torch.manual_seed(0)
+    net = MLP()
+    first, second = NNsight(net), NNsight(net)
+    x = torch.randn(2, 4)
+    with first.trace(x):
+        a = first.fc1.output.save()
+    with second.trace(x):
+        second.fc1.output[:] = 0
+        b = second.output.save()
+    with first.trace(x):
+        c = first.output.save()
+    assert torch.allclose(a, net.fc1(x))
+    assert torch.allclose(b, net.head(torch.relu(net.fc2(torch.zeros(2, 8)))))
+    assert torch.allclose(c, net(x))
