@@ -63,6 +63,12 @@ class NNsight(Envoy):
             return self._run(args, kwargs)
         return Tracer(self, args, kwargs)
 
+    def session(self) -> "Session":
+        """Several traces in one block (see tracing/session.py)."""
+        from .tracing.session import Session
+
+        return Session(self)
+
     def _prepare_run(self) -> None:
         """Called before a trace starts its mediators (a lazy model loads its weights here)."""
 

@@ -34,6 +34,7 @@ from .barrier import Barrier
 from .cache import CacheDict
 from .invoker import Invoke, Invoker
 from .iteration import Iterations, LoopEnd
+from .session import current_session
 
 if TYPE_CHECKING:
     from ..model import NNsight
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 class Tracer:
     def __init__(self, model: "NNsight", args: tuple, kwargs: dict):
         self.model = model
+        self._session = current_session()  # inside model.session(): everything flows back to it
         self._inputs = (args, kwargs) if args or kwargs else None
         self._invokes: list[Invoke] = []
         self._saved: dict[int, Any] = {}
@@ -165,6 +167,8 @@ class Tracer:
 
     def record_save(self, value: Any) -> None:
         self._saved[id(value)] = value
+        if self._session is not None:
+            self._session.record_save(value)
 
     def add_invoke(self, invoke: Invoke) -> None:
         self._invokes.append(invoke)
@@ -288,7 +292,9 @@ class Tracer:
         values = {}
         for namespace in self._namespaces:
             for name, value in namespace.items():
-                if saved.get(id(value)) is value:
+                if self._session is not None and not name.startswith("__nnsight_fast"):
+                    values[name] = value  # in a session every variable flows on
+                elif saved.get(id(value)) is value:
                     values[name] = value
         self._namespaces.clear()
         self._saved = {}

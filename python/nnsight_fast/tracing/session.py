@@ -1,0 +1,62 @@
+"""`model.session()`: several traces in one block; values flow between them freely.
+
+    with model.session():
+        with model.trace(x):
+            hidden = model.layer1.output          # no .save() needed inside the session ...
+        with model.trace(y):
+            model.layer1.output = hidden          # ... the next trace sees it
+            out = model.output.save()             # only saved values leave the session
+    print(out)
+
+Inside a session a trace writes all of its variables back to the session's body;
+when the session ends, only values saved in it (or in its traces) reach the caller.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from ..saving import enter_scope
+from .capture import BodyCapture, write_back
+
+_current = threading.local()
+
+
+def current_session() -> "Session | None":
+    return getattr(_current, "session", None)
+
+
+class Session:
+    def __init__(self, model: Any):
+        self.model = model
+        self._saved: dict[int, Any] = {}
+        self._capture: BodyCapture | None = None
+
+    def record_save(self, value: Any) -> None:
+        self._saved[id(value)] = value
+
+    def __enter__(self) -> "Session":
+        self._capture = BodyCapture.begin(sys._getframe(1))
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        capture, self._capture = self._capture, None
+        if not capture.skipped(kind):
+            return False
+        body = capture.compile()
+        namespace: dict = {}
+        outer_session, outer_scope = current_session(), enter_scope(self)
+        _current.session = self
+        try:
+            body.run(namespace.update)
+        finally:
+            _current.session = outer_session
+            enter_scope(outer_scope)
+        saved = {name: value for name, value in namespace.items() if self._saved.get(id(value)) is value}
+        if outer_session is not None:
+            for value in saved.values():
+                outer_session.record_save(value)
+        write_back(body.frame, saved)
+        return True
