@@ -63,6 +63,12 @@ class NNsight(Envoy):
             return self._run(args, kwargs)
         return Tracer(self, args, kwargs)
 
+    def scan(self, *args: Any, **kwargs: Any) -> Tracer:
+        """A trace with fake tensors: shapes without compute (see tracing/scan.py)."""
+        from .tracing.scan import ScanTracer
+
+        return ScanTracer(self, args, kwargs)
+
     def session(self) -> "Session":
         """Several traces in one block (see tracing/session.py)."""
         from .tracing.session import Session

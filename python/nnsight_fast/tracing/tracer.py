@@ -183,7 +183,7 @@ class Tracer:
                 "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
                 "`tracer.invoke(x)` with an input"
             )
-        model._prepare_run()
+        self._prepare_model()
         prepared = [model._prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
         if len(prepared) == 1:
             args, kwargs, batch_size = prepared[0]
@@ -257,6 +257,9 @@ class Tracer:
                 raise failure
         if model_error is not None:
             raise model_error
+
+    def _prepare_model(self) -> None:
+        self.model._prepare_run()
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
         result = self.model._run(args, kwargs)
