@@ -33,7 +33,9 @@ def current_mediator() -> "Mediator | None":
 class Mediator:
     """Runs one invoke's captured body; its requests are served by the model thread."""
 
-    def __init__(self, tracer: "Tracer", body: "CapturedBody", worker: "Worker", index: int, native_trace):
+    def __init__(self, tracer: "Tracer", body: "CapturedBody", worker: "Worker", index: int, native_trace,
+                 collects: bool = True):
+        self.collects = collects  # False for a persistent edit: its variables are not written back
         self.tracer = tracer
         self.body = body
         self.worker = worker

@@ -30,7 +30,7 @@ class NNsight(Envoy):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
         self.__dict__.update(_dispatcher=_native.Dispatcher(), _gated={}, _source_sites={},
-                             _naming=Naming(rename, envoys))
+                             _naming=Naming(rename, envoys), _default_edits=[])
         super().__init__(module, "model", None)
         self.__dict__["_result_location"] = self._dispatcher.intern("result")
         self._naming.mount(self)
@@ -62,6 +62,26 @@ class NNsight(Envoy):
             args, kwargs, _ = self._prepare_inputs(*args, **kwargs)
             return self._run(args, kwargs)
         return Tracer(self, args, kwargs)
+
+    # ---- persistent edits (tracing/edit.py) ----
+    def edit(self, *, inplace: bool = False):
+        """`with model.edit() as edited:` binds an edited copy; inplace=True edits this model."""
+        from .tracing.edit import EditTracer
+
+        return EditTracer(self, inplace)
+
+    def clear_edits(self) -> None:
+        self._default_edits.clear()
+
+    def export_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> str:
+        from .tracing.edit import export_edits
+
+        return export_edits(self, name, export_dir, variant)
+
+    def import_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> None:
+        from .tracing.edit import import_edits
+
+        import_edits(self, name, export_dir, variant)
 
     def scan(self, *args: Any, **kwargs: Any) -> Tracer:
         """A trace with fake tensors: shapes without compute (see tracing/scan.py)."""

@@ -195,6 +195,10 @@ class Tracer:
         native.set_batch(batch_size, len(with_inputs))
         workers = []
         try:
+            for edit in model._default_edits:  # persistent edits run first, over the whole batch
+                workers.append(POOL.acquire())
+                index = native.add_mediator(workers[-1].channel, 0, -1)
+                self.mediators.append(Mediator(self, edit.body, workers[-1], index, native, collects=False))
             start = 0
             for invoke, (_, _, size) in zip(with_inputs, prepared):
                 workers.append(POOL.acquire())
@@ -208,7 +212,7 @@ class Tracer:
             self._interleave(native, args, kwargs)
         finally:
             for mediator in self.mediators:
-                if mediator.namespace is not None:
+                if mediator.namespace is not None and mediator.collects:
                     self._namespaces.append(mediator.namespace)
             for worker in workers:
                 POOL.release(worker)
