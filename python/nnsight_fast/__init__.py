@@ -33,4 +33,8 @@ from .saving import save  # noqa: E402
 
 _native.set_exception_types(Abort, Cancelled)
 
+from .tracing import backward as _backward  # noqa: E402
+
+_backward.install()
+
 __all__ = ["NNsight", "LanguageModel", "Envoy", "save", "CONFIG", "OutOfOrderError", "HookHandler"]

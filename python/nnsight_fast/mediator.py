@@ -49,6 +49,8 @@ class Mediator:
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
         self.at_barrier = None  # the Barrier this body waits at
         self.nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
+        self.history: dict = {}  # (location, occurrence) -> value served, for backward blocks
+        self.backward_of: "Mediator | None" = None  # in a backward block: the invoke it belongs to
         self.location = -1
         self.occurrence = -1
         self.value: Any = None
@@ -92,6 +94,7 @@ class Mediator:
         self.location = location
         self.occurrence = occurrence
         self.value = value
+        self.history[(location, occurrence)] = value
         return value
 
     def park(self) -> Any:
@@ -125,6 +128,15 @@ def _require_mediator(what: str) -> Mediator:
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
     mediator = _require_mediator(f"{path}.{what}")
+    forward = mediator.backward_of
+    if forward is not None:  # in a backward block: the value this invoke read in the forward pass
+        key = (location, forward.occurrence_of(path))
+        if key not in forward.history:
+            raise ValueError(
+                f"`{path}.{what}` was not read in the forward part of this invoke: read it before "
+                "`with loss.backward():` to use it (or its .grad) inside"
+            )
+        return forward.history[key]
     return mediator.request(location, mediator.occurrence_of(path))
 
 
