@@ -126,6 +126,27 @@ def run(lib_name: str, config: str, repeats: int, budget_s: float) -> dict:
 
         record("four_invokes", bare=lambda: net(**batch4), batch4=one_batch, lib=four_invokes)
 
+        # tracer.cache() of every module against raw hooks storing detached outputs.
+        all_modules = list(net.modules())
+
+        def detached(value):
+            if isinstance(value, torch.Tensor):
+                return value.detach()
+            if isinstance(value, (tuple, list)):
+                return type(value)(detached(v) for v in value)
+            return value
+
+        def cache_all():
+            with model.trace(ids) as tracer:
+                cache = tracer.cache()
+
+        def hooks_cache_all():
+            store = {}
+            with_hooks([(m, lambda mod, a, o: store.setdefault(id(mod), []).append(detached(o)))
+                        for m in all_modules], lambda: net(**ids))
+
+        record("cache_all_modules", bare=bare_forward, hooks=hooks_cache_all, lib=cache_all)
+
         # `.source`: built on every attention but unused, and reading one operation.
         def save_module():
             with model.trace(ids):
