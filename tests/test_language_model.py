@@ -140,3 +140,15 @@ def test_skip_a_layer_across_invokes(lm):
         handle.remove()
     assert torch.allclose(first, expected.logits[:1], atol=1e-5)
     assert torch.allclose(second, expected.logits[1:], atol=1e-5)
+
+
+def test_logit_lens_calls_modules_inside_a_trace(lm):
+    prompt = PROMPTS[0]
+    with lm.trace(prompt):
+        hidden = lm.transformer.h[5].output
+        lens = lm.lm_head(lm.transformer.ln_f(hidden)).save()
+    batch = lm.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        states = lm._module(**batch, output_hidden_states=True).hidden_states
+        expected = lm._module.lm_head(lm._module.transformer.ln_f(states[6]))
+    assert torch.allclose(lens, expected, atol=1e-5)
