@@ -11,7 +11,6 @@ work, and the library's trace, in this process, so their ratios are comparable.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import json
 import os

@@ -15,7 +15,7 @@ the base class runs one input invoke per trace.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from . import _native
 from .envoy import Envoy
 from .naming import Naming
 from .tracing.tracer import Tracer
+
+if TYPE_CHECKING:
+    from .tracing.session import Session
 
 
 class NNsight(Envoy):

@@ -21,7 +21,7 @@ import sys
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 _OPS = "__nnsight_fast_ops__"
 _CLASS = "__class__"

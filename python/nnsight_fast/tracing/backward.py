@@ -27,14 +27,14 @@ from .. import _native
 from ..errors import Cancelled, OutOfOrderError
 from ..mediator import Mediator, current_mediator
 from ..workers import POOL
-from .capture import BodyCapture, write_back
+from .capture import CapturedBlock, write_back
 
 _state = threading.local()  # .block: the BackwardTracer whose body runs on this thread
 _original_backward = torch.Tensor.backward
 _original_grad = torch._C.TensorBase.grad
 
 
-class BackwardTracer:
+class BackwardTracer(CapturedBlock):
     def __init__(self, loss: torch.Tensor, args: tuple, kwargs: dict, outer: Mediator):
         self.loss, self.args, self.kwargs, self.outer = loss, args, kwargs, outer
         self.dispatcher = _native.Dispatcher()
@@ -43,7 +43,6 @@ class BackwardTracer:
         self.tensors: dict[int, torch.Tensor] = {}
         self.handles: list = []
         self.mediator: Mediator | None = None
-        self._capture: BodyCapture | None = None
 
     # the tracer interface a Mediator needs
     @property
@@ -53,15 +52,7 @@ class BackwardTracer:
     def record_save(self, value: Any) -> None:
         self.outer.tracer.record_save(value)
 
-    def __enter__(self) -> "BackwardTracer":
-        self._capture = BodyCapture.begin(sys._getframe(1))
-        return self
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None
-        if not capture.skipped(kind):
-            return False
-        body = capture.compile()
+    def run_block(self, body, capture) -> None:
         worker = POOL.acquire()
         index = self.native.add_mediator(worker.channel, 0, -1)
         self.mediator = mediator = Mediator(self, body, worker, index, self.native)
@@ -93,7 +84,6 @@ class BackwardTracer:
             raise backward_error
         if mediator.namespace:
             write_back(body.frame, {k: v for k, v in mediator.namespace.items() if not k.startswith("__nnsight")})
-        return True
 
     # called on the body's thread
     def grad_location(self, tensor: torch.Tensor) -> int:

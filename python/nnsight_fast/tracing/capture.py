@@ -158,6 +158,36 @@ class BodyCapture:
         return CapturedBody(function, arguments, frame)
 
 
+class CapturedBlock:
+    """A context manager whose `with` body is captured instead of run.
+
+        class Twice(CapturedBlock):
+            def run_block(self, body, capture):
+                body.run(print); body.run(print)
+
+    `__enter__` arms the capture (and returns `entered()`); when the body is skipped,
+    `__exit__` compiles it and hands it to `run_block`."""
+
+    _capture: "BodyCapture | None" = None
+
+    def __enter__(self):
+        self._capture = BodyCapture.begin(sys._getframe(1))
+        return self.entered()
+
+    def entered(self):
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        capture, self._capture = self._capture, None  # no frame <-> block cycle afterwards
+        if not capture.skipped(kind):
+            return False
+        self.run_block(capture.compile(), capture)
+        return True
+
+    def run_block(self, body: CapturedBody, capture: "BodyCapture") -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class _Site:
     """One `with` statement in a file: its body and the code compiled for it."""

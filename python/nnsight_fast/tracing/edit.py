@@ -21,15 +21,14 @@ import copy
 import importlib
 import linecache
 import os
-import sys
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import BodyCapture, CapturedBody, _Site
+from .capture import CapturedBlock, CapturedBody, _Site
 
 if TYPE_CHECKING:
     from ..model import NNsight
@@ -42,27 +41,20 @@ class Edit:
     names: tuple  # the body's parameters, in order
 
 
-class EditTracer:
+class EditTracer(CapturedBlock):
     def __init__(self, model: "NNsight", inplace: bool):
         self.model, self.inplace = model, inplace
-        self._capture: BodyCapture | None = None
         self._target: "NNsight | None" = None
 
-    def __enter__(self) -> "NNsight":
-        self._capture = BodyCapture.begin(sys._getframe(1))
+    def entered(self) -> "NNsight":
         self._target = self.model if self.inplace else edited_copy(self.model)
         return self._target
 
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None
-        if not capture.skipped(kind):
-            return False
-        body = capture.compile()
+    def run_block(self, body, capture) -> None:
         statement = capture.site.statement
         lines = linecache.getlines(capture.site.filename)[statement.lineno - 1:statement.end_lineno]
         names = body.function.__code__.co_varnames[2:2 + len(body.arguments)]
         self._target._default_edits.append(Edit(body, textwrap.dedent("".join(lines)), names))
-        return True
 
 
 def edited_copy(model: "NNsight") -> "NNsight":

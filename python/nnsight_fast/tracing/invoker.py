@@ -12,11 +12,10 @@ while the model runs, after every invoke of the trace has been collected.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .capture import BodyCapture, CapturedBody
+from .capture import CapturedBlock, CapturedBody
 
 if TYPE_CHECKING:
     from .tracer import Tracer
@@ -30,7 +29,7 @@ class Invoke:
     inputs: tuple[tuple, dict] | None
 
 
-class Invoker:
+class Invoker(CapturedBlock):
     def __init__(self, tracer: "Tracer", args: tuple, kwargs: dict):
         if tracer.running:
             raise ValueError(
@@ -39,15 +38,6 @@ class Invoker:
             )
         self.tracer = tracer
         self.inputs = (args, kwargs) if args or kwargs else None
-        self._capture: BodyCapture | None = None
 
-    def __enter__(self) -> "Invoker":
-        self._capture = BodyCapture.begin(sys._getframe(1))
-        return self
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None
-        if not capture.skipped(kind):
-            return False
-        self.tracer.add_invoke(Invoke(capture.compile(), self.inputs))
-        return True
+    def run_block(self, body: CapturedBody, capture: Any) -> None:
+        self.tracer.add_invoke(Invoke(body, self.inputs))

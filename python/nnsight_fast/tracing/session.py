@@ -14,12 +14,11 @@ when the session ends, only values saved in it (or in its traces) reach the call
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
 from ..saving import enter_scope
-from .capture import BodyCapture, write_back
+from .capture import CapturedBlock, write_back
 
 _current = threading.local()
 
@@ -28,24 +27,15 @@ def current_session() -> "Session | None":
     return getattr(_current, "session", None)
 
 
-class Session:
+class Session(CapturedBlock):
     def __init__(self, model: Any):
         self.model = model
         self._saved: dict[int, Any] = {}
-        self._capture: BodyCapture | None = None
 
     def record_save(self, value: Any) -> None:
         self._saved[id(value)] = value
 
-    def __enter__(self) -> "Session":
-        self._capture = BodyCapture.begin(sys._getframe(1))
-        return self
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None
-        if not capture.skipped(kind):
-            return False
-        body = capture.compile()
+    def run_block(self, body, capture) -> None:
         namespace: dict = {}
         outer_session, outer_scope = current_session(), enter_scope(self)
         _current.session = self
@@ -59,4 +49,3 @@ class Session:
             for value in saved.values():
                 outer_session.record_save(value)
         write_back(body.frame, saved)
-        return True

@@ -17,7 +17,6 @@ a traceback that ends at the user's line; after any error the model is clean.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ from ..errors import Abort, Cancelled, EarlyStop, outside_trace_error, strip_lib
 from ..mediator import Mediator, current_mediator
 from ..saving import enter_scope
 from ..workers import POOL
-from .capture import BodyCapture, write_back
+from .capture import CapturedBlock, write_back
 from .barrier import Barrier
 from .cache import CacheDict
 from .invoker import Invoke, Invoker
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from ..model import NNsight
 
 
-class Tracer:
+class Tracer(CapturedBlock):
     def __init__(self, model: "NNsight", args: tuple, kwargs: dict):
         self.model = model
         self._session = current_session()  # inside model.session(): everything flows back to it
@@ -48,7 +47,6 @@ class Tracer:
         self._invokes: list[Invoke] = []
         self._saved: dict[int, Any] = {}
         self._namespaces: list[dict] = []
-        self._capture: BodyCapture | None = None
         self.running = False
         self.mediators: list[Mediator] = []
         self._native = None
@@ -59,15 +57,7 @@ class Tracer:
         self._cache_records: list = []  # (CacheDict, [(path, kind, sink)]) once registered
 
     # ---- the `with` statement ----
-    def __enter__(self) -> "Tracer":
-        self._capture = BodyCapture.begin(sys._getframe(1))
-        return self
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None  # no frame <-> tracer cycle after the trace
-        if not capture.skipped(kind):
-            return False
-        body = capture.compile()
+    def run_block(self, body, capture) -> None:
         try:
             if self._inputs is not None:
                 self._invokes.append(Invoke(body, self._inputs))
@@ -77,14 +67,13 @@ class Tracer:
         except BaseException as failure:  # noqa: BLE001 - re-raised with a clean traceback
             if isinstance(failure, EarlyStop):
                 self._write_back(body.frame)
-                return True
+                return
             if not CONFIG.APP.DEBUG:
                 failure = failure.with_traceback(strip_library_frames(failure.__traceback__))
             raise failure
         finally:
             self._invokes.clear()
         self._write_back(body.frame)
-        return True
 
     def _run_trace_body(self, body) -> None:
         previous = enter_scope(self)
