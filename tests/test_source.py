@@ -179,3 +179,12 @@ def test_gpt2_operations_per_step_and_per_invoke(lm):
             second = lm.transformer.h[1].attn.source.self_c_proj_0.output.save()
     assert torch.all(first == 0)
     assert second.shape[0] == 1 and not torch.all(second == 0)
+
+
+def test_assign_an_operations_input(looped):
+    net, model = looped
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        model.source.torch_relu_0.input = torch.ones(2, 4)
+        out = model.output.save()
+    assert torch.allclose(out, net.gate(torch.ones(2, 4)))
