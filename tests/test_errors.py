@@ -208,3 +208,32 @@ def test_trace_from_source_less_code(setup):
     namespace = {"model": model, "x": x}
     with pytest.raises(ValueError, match="Cannot find the source"):
         exec(compile("with model.trace(x):\n    y = 1\n", "<no source>", "exec"), namespace)
+
+
+def test_ctrl_c_stops_a_runaway_body(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "runaway.py"
+    script.write_text(
+        "import os, signal, threading, torch\n"
+        "from nnsight_fast import NNsight, _native\n"
+        "from nnsight_fast.workers import POOL\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))\n"
+        "model = NNsight(net)\n"
+        "x = torch.randn(2, 4)\n"
+        "threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+        "try:\n"
+        "    with model.trace(x):\n"
+        "        h = model[0].output\n"
+        "        while True:\n"
+        "            pass\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+        "print('clean', not _native.has_active_trace() and all(not w.channel.busy for w in POOL._all))\n"
+        "with model.trace(x):\n"
+        "    out = model.output.save()\n"
+        "print('plain', bool(torch.allclose(out, net(x))))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["interrupted", "clean", "True", "plain", "True"], done.stderr
