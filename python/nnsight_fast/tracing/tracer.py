@@ -182,29 +182,27 @@ class Tracer(CapturedBlock):
 
         native = _native.Trace(model._dispatcher)
         native.set_batch(batch_size, len(with_inputs))
-        workers = []
+
+        def add(body, row_start: int, row_count: int, collects: bool = True) -> None:
+            worker = POOL.acquire()
+            index = native.add_mediator(worker.channel, row_start, row_count)
+            self.mediators.append(Mediator(self, body, worker, index, native, collects=collects))
+
         try:
             for edit in model._default_edits:  # persistent edits run first, over the whole batch
-                workers.append(POOL.acquire())
-                index = native.add_mediator(workers[-1].channel, 0, -1)
-                self.mediators.append(Mediator(self, edit.body, workers[-1], index, native, collects=False))
+                add(edit.body, 0, -1, collects=False)
             start = 0
-            for invoke, (_, _, size) in zip(with_inputs, prepared):
-                workers.append(POOL.acquire())
-                index = native.add_mediator(workers[-1].channel, start, size)
-                self.mediators.append(Mediator(self, invoke.body, workers[-1], index, native))
+            for invoke, (_, _, size) in zip(with_inputs, prepared):  # each input invoke owns its rows
+                add(invoke.body, start, size)
                 start += size
             for invoke in whole_batch:
-                workers.append(POOL.acquire())
-                index = native.add_mediator(workers[-1].channel, 0, -1)
-                self.mediators.append(Mediator(self, invoke.body, workers[-1], index, native))
+                add(invoke.body, 0, -1)
             self._interleave(native, args, kwargs)
         finally:
             for mediator in self.mediators:
                 if mediator.namespace is not None and mediator.collects:
                     self._namespaces.append(mediator.namespace)
-            for worker in workers:
-                POOL.release(worker)
+                POOL.release(mediator.worker)
             self.mediators = []
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
