@@ -89,6 +89,8 @@ def left_pad_and_stack(pad_token_id: int, parts: list[tuple]) -> dict[str, torch
     width = max(ids.shape[1] for ids, _, _ in parts)
 
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        if t.shape[1] == width:
+            return t
         return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
 
     batch = {
