@@ -113,6 +113,10 @@ Channel::Message Channel::hand_to_model(Outcome outcome) {
   return message_;
 }
 
+void Channel::poke() {
+  if (kWorkerSpin > 0) baton_.poke();  // a worker that never spins would only go back to sleep
+}
+
 Outcome Channel::start(PyObject* job) { return hand_to_worker(Message::Job, job); }
 
 Outcome Channel::serve(PyObject* value) { return hand_to_worker(Message::Value, value); }

@@ -44,7 +44,7 @@ class Channel {
   void stop();
   bool busy() const { return busy_; }
   // Wakes the parked worker ahead of a handoff that is about to come.
-  void poke() { baton_.poke(); }
+  void poke();
 
   // ---- worker thread (GIL held) ----
   // Waits for the next job; returns a new reference, Py_None when told to stop.
