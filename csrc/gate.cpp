@@ -291,36 +291,39 @@ GateObject* alloc_gate(PyTypeObject* type, vectorcallfunc call, PyObject* forwar
 
 }  // namespace
 
+namespace {
+
+// The fields Gate and SourceOp share: a GC-tracked object called through vectorcall.
+void fill_callable_type(PyTypeObject& type, const char* name, const char* doc) {
+  type.tp_name = name;
+  type.tp_doc = doc;
+  type.tp_basicsize = sizeof(GateObject);
+  type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
+  type.tp_vectorcall_offset = offsetof(GateObject, vectorcall);
+  type.tp_call = PyVectorcall_Call;
+  type.tp_traverse = gate_traverse;
+  type.tp_clear = gate_clear;
+  type.tp_dealloc = gate_dealloc;
+}
+
+bool add_type(PyObject* module, PyTypeObject& type, const char* attribute) {
+  if (PyType_Ready(&type) < 0) return false;
+  Py_INCREF(&type);
+  return PyModule_AddObject(module, attribute, reinterpret_cast<PyObject*>(&type)) == 0;
+}
+
+}  // namespace
+
 bool add_gate_type(PyObject* module) {
-  GateType.tp_name = "nnsight_fast._native.Gate";
-  GateType.tp_basicsize = sizeof(GateObject);
-  GateType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
-  GateType.tp_doc = "A module's forward, routed through the nnsight_fast dispatcher.";
-  GateType.tp_vectorcall_offset = offsetof(GateObject, vectorcall);
-  GateType.tp_call = PyVectorcall_Call;
-  GateType.tp_traverse = gate_traverse;
-  GateType.tp_clear = gate_clear;
-  GateType.tp_dealloc = gate_dealloc;
+  fill_callable_type(GateType, "nnsight_fast._native.Gate",
+                     "A module's forward, routed through the nnsight_fast dispatcher.");
   GateType.tp_repr = gate_repr;
   GateType.tp_getattro = gate_getattro;
   GateType.tp_members = gate_members;
   GateType.tp_methods = gate_methods;
-  if (PyType_Ready(&GateType) < 0) return false;
-  Py_INCREF(&GateType);
-  if (PyModule_AddObject(module, "Gate", reinterpret_cast<PyObject*>(&GateType)) != 0) return false;
-
-  SourceOpType.tp_name = "nnsight_fast._native.SourceOp";
-  SourceOpType.tp_basicsize = sizeof(GateObject);
-  SourceOpType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
-  SourceOpType.tp_doc = "One operation of a forward rewritten for `.source`: op(callee, *args, **kwargs).";
-  SourceOpType.tp_vectorcall_offset = offsetof(GateObject, vectorcall);
-  SourceOpType.tp_call = PyVectorcall_Call;
-  SourceOpType.tp_traverse = gate_traverse;
-  SourceOpType.tp_clear = gate_clear;
-  SourceOpType.tp_dealloc = gate_dealloc;
-  if (PyType_Ready(&SourceOpType) < 0) return false;
-  Py_INCREF(&SourceOpType);
-  return PyModule_AddObject(module, "SourceOp", reinterpret_cast<PyObject*>(&SourceOpType)) == 0;
+  fill_callable_type(SourceOpType, "nnsight_fast._native.SourceOp",
+                     "One operation of a forward rewritten for `.source`: op(callee, *args, **kwargs).");
+  return add_type(module, GateType, "Gate") && add_type(module, SourceOpType, "SourceOp");
 }
 
 PyObject* new_source_op(PyObject* owner, Dispatcher* dispatcher, int callee_location, int input_location,
