@@ -86,7 +86,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("busy", &Channel::busy)
       .def("next_job", [](Channel& c) { return steal_or_throw(c.next_job()); })
       .def("park", [](Channel& c) { return steal_or_throw(c.park()); })
-      .def("finish", &Channel::finish)
+      .def("finish_and_next", [](Channel& c, bool failed) { return steal_or_throw(c.finish_and_next(failed)); })
       .def("set_swap", [](Channel& c, py::object value) { c.set_swap(value.ptr()); })
       .def("set_skip", [](Channel& c, py::object value) { c.set_skip(value.ptr()); });
 

@@ -23,8 +23,10 @@ int64_t env_us(const char* name, int64_t fallback) {
   return v ? atoll(v) : fallback;
 }
 const int64_t kModelSpin = env_us("NNSIGHT_FAST_MODEL_SPIN_US", Baton::kSpinWindowUs);
-const int64_t kWorkerSpin = env_us("NNSIGHT_FAST_WORKER_SPIN_US", Baton::kWorkerSpinWindowUs);
 const bool kFollowCpu = env_us("NNSIGHT_FAST_FOLLOW_CPU", 1) != 0;
+// A worker on the model thread's CPU must not spin: it would only slow the model down.
+const int64_t kWorkerSpin =
+    env_us("NNSIGHT_FAST_WORKER_SPIN_US", kFollowCpu ? 0 : Baton::kWorkerSpinWindowUs);
 
 }  // namespace
 
@@ -139,6 +141,10 @@ PyObject* Channel::next_job() {
   PyThreadState* saved = PyEval_SaveThread();
   baton_.wait_for(Turn::Worker, -1, kWorkerSpin);
   PyEval_RestoreThread(saved);
+  return take_job();
+}
+
+PyObject* Channel::take_job() {
   apply_thread_state();
   if (message_ != Message::Job) Py_RETURN_NONE;
   return std::exchange(payload_, nullptr);
@@ -155,11 +161,13 @@ PyObject* Channel::park() {
   return nullptr;
 }
 
-void Channel::finish(bool failed) {
+PyObject* Channel::finish_and_next(bool failed) {
   outcome_ = failed ? Outcome::Failed : Outcome::Finished;
   PyThreadState* saved = PyEval_SaveThread();
   baton_.give(Turn::Model);
+  baton_.wait_for(Turn::Worker, -1, kWorkerSpin);
   PyEval_RestoreThread(saved);
+  return take_job();
 }
 
 }  // namespace nnsight_fast

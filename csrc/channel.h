@@ -52,8 +52,9 @@ class Channel {
   // Parks the worker until the model serves a value (new reference), or returns
   // nullptr with `Cancelled` set.
   PyObject* park();
-  // Hands the turn back for good: the job is done (or failed).
-  void finish(bool failed);
+  // Hands the turn back (the job is done, or failed) and waits for the next job
+  // without taking the GIL in between (the model thread wants it now).
+  PyObject* finish_and_next(bool failed);
 
   // Written by the worker during its turn, taken by the model thread (owned refs).
   PyObject* take_swap() { return std::exchange(swap_, nullptr); }
@@ -68,6 +69,7 @@ class Channel {
   Message hand_to_model(Outcome outcome);
   void capture_thread_state();
   void follow_model_cpu();
+  PyObject* take_job();
   void apply_thread_state();
 
   Baton baton_;

@@ -29,13 +29,11 @@ class Worker:
 
     def _loop(self) -> None:
         channel = self.channel
-        while True:
-            job: Callable[[], bool] | None = channel.next_job()
-            if job is None:
-                return
+        job: Callable[[], bool] | None = channel.next_job()
+        while job is not None:
             failed = job()
             del job
-            channel.finish(failed)
+            job = channel.finish_and_next(failed)
 
 
 class WorkerPool:
