@@ -5,7 +5,7 @@
 //   ch.start(job)  ───────────────────▶   job = ch.next_job(); job()
 //        ◀──────────── Parked ─────────   v = ch.park()          (user asks a value)
 //   ch.serve(value) ──────────────────▶   ... v is returned, user code runs ...
-//        ◀──────────── Finished ───────   ch.finish(false)
+//        ◀──────────── Finished ───────   job = ch.finish_and_next(false)
 //
 // One side runs at a time (a Baton). Waiting releases the GIL first; the model
 // thread's grad mode, inference mode and local dispatch keys (autocast) travel with
