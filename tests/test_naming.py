@@ -126,3 +126,15 @@ def test_two_wrappers_on_one_module():
     assert torch.allclose(a, net.fc1(x))
     assert torch.allclose(b, net.head(torch.relu(net.fc2(torch.zeros(2, 8)))))
     assert torch.allclose(c, net(x))
+
+
+def test_assigning_values_through_an_envoy_subclass():
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net, envoys=MarkedEnvoy)
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        model.fc2.output = torch.zeros(2, 8)
+        out = model.output.save()
+    assert isinstance(model.fc2, MarkedEnvoy) and "output" not in vars(net.fc2)
+    assert torch.allclose(out, net.head(torch.zeros(2, 8)))

@@ -20,31 +20,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from . import mediator as _mediator
+from .values import ValueAccess
 
 if TYPE_CHECKING:
     from .model import NNsight
 
 
-def _first_input(inputs: tuple) -> Any:
-    args, kwargs = inputs
-    if args:
-        return args[0]
-    if kwargs:
-        return next(iter(kwargs.values()))
-    return None
-
-
-def _with_first_input(inputs: tuple, value: Any) -> tuple:
-    args, kwargs = inputs
-    if args:
-        return ((value, *args[1:]), kwargs)
-    if kwargs:
-        first = next(iter(kwargs))
-        return (args, {**kwargs, first: value})
-    return ((value,), kwargs)
-
-
-class Envoy:
+class Envoy(ValueAccess):
     #: A submodule named like an Envoy attribute (`output`, `input`, ...) is reachable as `E_<name>`.
     OVERLOAD_PREFIX = "E_"
 
@@ -68,7 +50,7 @@ class Envoy:
         if isinstance(value, torch.nn.Module) and not name.startswith("_"):
             setattr(self._module, name, value)
             self._add_child(name, value)
-        elif name in type(self).__dict__ or name.startswith("_") or name in self.__dict__:
+        elif hasattr(type(self), name) or name.startswith("_") or name in self.__dict__:
             object.__setattr__(self, name, value)
         else:
             setattr(self._module, name, value)
@@ -84,46 +66,12 @@ class Envoy:
         if had_source:  # give the new module's Gate its rewritten forward (same locations)
             self.source
 
-    # ---- values in a trace ----
-    @property
-    def output(self) -> Any:
-        """The module's output (in a trace)."""
-        return _mediator.request(self._output_location, self.path, "output")
-
-    @output.setter
-    def output(self, value: Any) -> None:
-        _mediator.assign(self._output_location, self.path, "output", value)
-
-    @property
-    def inputs(self) -> tuple[tuple, dict]:
-        """The module's inputs as (args, kwargs) (in a trace)."""
-        return _mediator.request(self._input_location, self.path, "inputs")
-
-    @inputs.setter
-    def inputs(self, value: tuple[tuple, dict]) -> None:
-        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
-            raise TypeError(f"`{self.path}.inputs` must be assigned a pair (args: tuple, kwargs: dict)")
-        _mediator.assign(self._input_location, self.path, "inputs", (tuple(value[0]), value[1]))
-
-    @property
-    def input(self) -> Any:
-        """The module's first input: the first positional argument, else the first keyword one."""
-        return _first_input(_mediator.request(self._input_location, self.path, "input"))
-
-    @input.setter
-    def input(self, value: Any) -> None:
-        inputs = _mediator.request(self._input_location, self.path, "input")
-        _mediator.assign(self._input_location, self.path, "input", _with_first_input(inputs, value))
-
-    def skip(self, replacement: Any) -> None:
-        """Don't run this module at its next call in this trace; `replacement` is its output."""
-        _mediator.skip(self._input_location, self.path, replacement)
-
+    # ---- values in a trace: output, inputs, input, skip, next (values.py) ----
     @property
     def source(self):
         """The operations inside this module's forward (see source/envoy.py)."""
         found = self.__dict__.get("_source")
-        if found is None or found._site.function is None:
+        if found is None:
             from .source.envoy import module_source
 
             found = self.__dict__["_source"] = module_source(self)
@@ -135,11 +83,6 @@ class Envoy:
         from .tracing.iteration import Iterations
 
         return Iterations(self._root._input_location)
-
-    def next(self, step: int = 1) -> "Envoy":
-        """Later values of this envoy refer to its call `step` calls further on (in this invoke)."""
-        _mediator.advance(self.path, step)
-        return self
 
     # ---- the tree ----
     def modules(self, include_fn=None, names: bool = False) -> list:

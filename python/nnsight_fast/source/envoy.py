@@ -24,6 +24,7 @@ import torch
 from .. import _native
 from .. import mediator as _mediator
 from ..errors import outside_trace_error
+from ..values import ValueAccess
 from .rewrite import RewrittenCode, rewritten
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class SourceSite:
         by_line: dict[int, list[str]] = {}
         for op in self.code.operations:
             by_line.setdefault(op.line, []).append(op.name)
-        width = max((len(name) for op in self.code.operations for name in [op.name]), default=0)
+        width = max((len(op.name) for op in self.code.operations), default=0)
         out = []
         for offset, text in enumerate(self.code.lines):
             number = self.code.first_line + offset
@@ -90,61 +91,20 @@ class SourceEnvoy:
     __repr__ = __str__
 
 
-class OperationEnvoy:
-    """One operation: `.output`, `.input`, `.inputs` (read and assigned), `.skip(value)`, `.source`."""
+class OperationEnvoy(ValueAccess):
+    """One operation: `.output`, `.input`, `.inputs` (read and assigned), `.skip(value)`, `.next()`
+    (values.py), and `.source` one level deeper."""
 
     def __init__(self, source: SourceEnvoy, name: str):
         self._source, self.name = source, name
         self.path = f"{source._site.path}.{name}"
-        self._callee, self._input, self._output = source._site.locations[name]
+        self._callee, self._input_location, self._output_location = source._site.locations[name]
 
-    def _ready(self, what: str) -> None:
+    def _prepare(self, what: str) -> None:
         mediator = _mediator.current_mediator()
         if mediator is None:
             raise outside_trace_error(f"{self.path}.{what}")
         self._source._activate(mediator)
-
-    @property
-    def output(self) -> Any:
-        self._ready("output")
-        return _mediator.request(self._output, self.path, "output")
-
-    @output.setter
-    def output(self, value: Any) -> None:
-        self._ready("output")
-        _mediator.assign(self._output, self.path, "output", value)
-
-    @property
-    def inputs(self) -> tuple[tuple, dict]:
-        self._ready("inputs")
-        return _mediator.request(self._input, self.path, "inputs")
-
-    @inputs.setter
-    def inputs(self, value: tuple[tuple, dict]) -> None:
-        self._ready("inputs")
-        _mediator.assign(self._input, self.path, "inputs", (tuple(value[0]), value[1]))
-
-    @property
-    def input(self) -> Any:
-        from ..envoy import _first_input
-
-        return _first_input(self.inputs)
-
-    @input.setter
-    def input(self, value: Any) -> None:
-        from ..envoy import _with_first_input
-
-        self.inputs = _with_first_input(self.inputs, value)
-
-    def next(self, step: int = 1) -> "OperationEnvoy":
-        """Later values of this operation refer to its execution `step` further on (in this invoke)."""
-        _mediator.advance(self.path, step)
-        return self
-
-    def skip(self, replacement: Any) -> None:
-        """Don't run this operation at its next execution; `replacement` is its output."""
-        self._ready("skip")
-        _mediator.skip(self._input, self.path, replacement)
 
     @property
     def source(self) -> SourceEnvoy:
