@@ -31,6 +31,26 @@ class Abort(BaseException):
     """Raised by a Gate to unwind the model when a mediator failed."""
 
 
+class LoopEnd(BaseException):
+    """Raised at a request inside an iteration loop (`loop`) when the run ends before `step`.
+
+    The captured body catches it around that very loop (tracing/capture.py), so the loop
+    ends there and the code after it runs."""
+
+    def __init__(self, loop, step: int, steps_made: int):
+        super().__init__(step)
+        self.loop, self.step, self.steps_made = loop, step, steps_made
+
+    def warning(self) -> str | None:
+        if not self.loop.bounded:
+            return None
+        return (
+            f"tracer.iter: step {self.step} was requested but the run made only {self.steps_made} step(s); "
+            "the loop ended there (values saved in earlier steps are kept). Ask for fewer steps, or pin the "
+            "run's length (e.g. min_new_tokens=)."
+        )
+
+
 class SkipBody(BaseException):
     """Raised at the first line of a traced `with` body so Python skips it; we run it ourselves."""
 

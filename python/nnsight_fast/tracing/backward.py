@@ -66,7 +66,6 @@ class BackwardTracer(CapturedBlock):
                 except BaseException as failure:  # noqa: BLE001 - autograd's own error, raised after cleanup
                     backward_error = failure
                 while worker.channel.busy and mediator.waiting is not None:
-                    location, occurrence = mediator.waiting
                     mediator.pending_error = OutOfOrderError(
                         "a gradient was requested that backward never computed (ask for gradients in reverse "
                         "order of the forward pass, and only of tensors the loss depends on)"

@@ -15,11 +15,11 @@ every participant takes up the others' variables and goes on, in invoke order.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from typing import TYPE_CHECKING
 
 from ..mediator import current_mediator
+from .capture import write_back
 
 if TYPE_CHECKING:
     from .tracer import Tracer
@@ -66,9 +66,4 @@ def _take_up(frame, shared: dict) -> None:
     """Writes the shared variables this frame has as locals into it."""
     code = frame.f_code
     names = set(code.co_varnames) | set(code.co_cellvars) | set(code.co_freevars)
-    values = {k: v for k, v in shared.items() if k in names}
-    if not values:
-        return
-    frame.f_locals.update(values)
-    if sys.version_info < (3, 13):
-        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+    write_back(frame, {k: v for k, v in shared.items() if k in names})

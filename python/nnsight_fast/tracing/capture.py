@@ -30,8 +30,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import SkipBody
-from .iteration import LoopEnd
+from ..errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
 _LOOP_END = "__nnsight_fast_LoopEnd__"

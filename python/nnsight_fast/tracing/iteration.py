@@ -19,31 +19,14 @@ runs; a loop that named that step (`iter[:10]`, `iter[[3]]`) also gets a UserWar
 
 from __future__ import annotations
 
-import sys
 from typing import Iterator
 
-from ..errors import outside_trace_error
+from ..errors import LoopEnd, outside_trace_error
 from ..mediator import current_mediator
+from .capture import CapturedBlock, write_back
 
 
-class LoopEnd(BaseException):
-    """Raised at a request inside `loop` when the run ends before `step`."""
-
-    def __init__(self, loop: "Iterations", step: int, steps_made: int):
-        super().__init__(step)
-        self.loop, self.step, self.steps_made = loop, step, steps_made
-
-    def warning(self) -> str | None:
-        if not self.loop.bounded:
-            return None
-        return (
-            f"tracer.iter: step {self.step} was requested but the run made only {self.steps_made} step(s); "
-            "the loop ended there (values saved in earlier steps are kept). Ask for fewer steps, or pin the "
-            "run's length (e.g. min_new_tokens=)."
-        )
-
-
-class Iterations:
+class Iterations(CapturedBlock):
     """A selection of steps: iterate it (`for step in ...`) inside a trace body, or use it as a
     block that runs once per step (`with tracer.all():`, `with model.layer.all():`)."""
 
@@ -74,19 +57,8 @@ class Iterations:
             yield step
             step += 1
 
-    def __enter__(self) -> "Iterations":
-        from .capture import BodyCapture
-
-        self._capture = BodyCapture.begin(sys._getframe(1))
-        return self
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        from .capture import write_back
-
-        capture, self._capture = self._capture, None
-        if not capture.skipped(kind):
-            return False
-        body = capture.compile()
+    def run_block(self, body, capture) -> None:
+        """The `with` form: the block runs once per step, then its variables go back to the caller."""
         namespace: dict = {}
         try:
             for _ in self:
@@ -95,7 +67,6 @@ class Iterations:
             if end.loop is not self:
                 raise
         write_back(body.frame, {k: v for k, v in namespace.items() if not k.startswith("__nnsight_fast")})
-        return True
 
     def __iter__(self) -> Iterator[int]:
         mediator = current_mediator()

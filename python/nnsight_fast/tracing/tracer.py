@@ -24,7 +24,7 @@ import torch
 
 from .. import _native
 from ..config import CONFIG
-from ..errors import Abort, Cancelled, EarlyStop, outside_trace_error, strip_library_frames
+from ..errors import Abort, Cancelled, EarlyStop, LoopEnd, outside_trace_error, strip_library_frames
 from ..mediator import Mediator, current_mediator
 from ..saving import enter_scope
 from ..workers import POOL
@@ -32,7 +32,7 @@ from .capture import CapturedBlock, write_back
 from .barrier import Barrier
 from .cache import CacheDict
 from .invoker import Invoke, Invoker
-from .iteration import Iterations, LoopEnd
+from .iteration import Iterations
 from .session import current_session
 
 if TYPE_CHECKING:
