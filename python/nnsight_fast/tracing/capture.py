@@ -280,15 +280,18 @@ def _find_site(filename: str, line: int) -> _Site:
             f"Cannot find a `with` block at {filename}:{line} whose body starts on its own line "
             "(was the file changed since it was imported?)"
         )
+    return site_of(filename, found)
+
+
+def site_of(filename: str, statement: ast.With) -> _Site:
+    """The site of a `with` statement: the names its body uses (minus global/nonlocal ones)."""
     names, declared = [], set()
-    for statement in found.body:
-        for node in ast.walk(statement):
-            if isinstance(node, ast.Name) and node.id not in names:
-                names.append(node.id)
-            elif isinstance(node, (ast.Global, ast.Nonlocal)):
-                declared.update(node.names)
-    names = [name for name in names if name not in declared]
-    return _Site(filename, found, tuple(names), {})
+    for node in (n for child in statement.body for n in ast.walk(child)):
+        if isinstance(node, ast.Name) and node.id not in names:
+            names.append(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared.update(node.names)
+    return _Site(filename, statement, tuple(name for name in names if name not in declared), {})
 
 
 def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:

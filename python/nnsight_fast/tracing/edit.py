@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import CapturedBlock, CapturedBody, _Site
+from .capture import CapturedBlock, CapturedBody, site_of
 
 if TYPE_CHECKING:
     from ..model import NNsight
@@ -107,15 +107,14 @@ def import_edits(model: "NNsight", name: str, export_dir: str | None = None, var
         source = record["source"]
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         statement = ast.parse(source).body[0]
-        site = _Site(filename, statement, tuple(n.id for s in statement.body for n in ast.walk(s)
-                                                if isinstance(n, ast.Name)), {})
+        site = site_of(filename, statement)
         arguments = {}
         for name_, (kind, value) in record["values"].items():
             arguments[name_] = model.get(value) if kind == "envoy" else value
         namespace = {"__builtins__": builtins}
         for name_, module_name in record["modules"].items():
             namespace[name_] = importlib.import_module(module_name)
-        parameters = tuple(dict.fromkeys(n for n in site.names if n in arguments))
+        parameters = tuple(n for n in site.names if n in arguments)
         code = site.compile(parameters, ())
         function = types.FunctionType(code, namespace, "<imported edit>")
         body = CapturedBody(function, tuple(arguments[n] for n in parameters), None)
