@@ -13,7 +13,7 @@ $(PY):
 setup: $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q "torch>=2.6"
-	$(PY) -m pip install -q scikit-build-core ninja cmake pytest psutil transformers tokenizers accelerate
+	$(PY) -m pip install -q scikit-build-core ninja cmake greenlet pytest psutil transformers tokenizers accelerate
 	$(PY) -m pip install -q --no-build-isolation .
 
 demo: setup

@@ -53,10 +53,6 @@ void Baton::give(Turn to) {
   if (sleepers_.load(std::memory_order_seq_cst) != 0) wake_all(&turn_);
 }
 
-void Baton::poke() {
-  if (sleepers_.load(std::memory_order_seq_cst) != 0) wake_all(&turn_);
-}
-
 bool Baton::wait_for(Turn me, int64_t timeout_us, int64_t spin_us) {
   const auto want = static_cast<uint32_t>(me);
   if (turn_.load(std::memory_order_acquire) == want) return true;
@@ -72,7 +68,7 @@ bool Baton::wait_for(Turn me, int64_t timeout_us, int64_t spin_us) {
       }
       sched_yield();
     }
-    // ... then sleep until the turn changes, a poke, or the timeout.
+    // ... then sleep until the turn changes or the timeout passes.
     int64_t left = -1;
     if (timeout_us >= 0) {
       left = timeout_us - elapsed_us(start);

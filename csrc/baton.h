@@ -24,16 +24,8 @@ class Baton {
   // `timeout_us` < 0 waits forever. Returns false when the timeout passed first.
   bool wait_for(Turn me, int64_t timeout_us, int64_t spin_us = kSpinWindowUs);
   Turn turn() const { return static_cast<Turn>(turn_.load(std::memory_order_acquire)); }
-  // Wakes a sleeping waiter without handing over the turn: it spins for another
-  // window, so a handoff that is about to come finds it awake.
-  void poke();
-
-  // How long the model thread spins for the worker's reply before sleeping (microseconds).
+  // How long the model side spins for the worker's reply before sleeping (microseconds).
   static constexpr int64_t kSpinWindowUs = 100;
-  // How long a worker spins when it does not share the model thread's CPU (see
-  // Channel): the next request usually comes within a forward pass, and waking a
-  // sleeper on an idle CPU costs ~25 µs. The Gate pokes it when its module starts.
-  static constexpr int64_t kWorkerSpinWindowUs = 250;
 
  private:
   std::atomic<uint32_t> turn_{0};

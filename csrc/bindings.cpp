@@ -2,7 +2,7 @@
 //
 //   d = _native.Dispatcher(); loc = d.intern("model.fc1.output")
 //   module.__dict__["forward"] = _native.make_gate(module.forward, d, in_loc, out_loc)
-//   trace = _native.Trace(d); trace.add_mediator(channel, 0, -1); trace.activate()
+//   trace = _native.Trace(d); trace.add_mediator(_native.GreenletHandoff(), 0, -1); trace.activate()
 //
 // The only translation unit that includes pybind11; the logic lives in the other files.
 #include <torch/csrc/Dtype.h>
@@ -11,9 +11,10 @@
 #include <memory>
 #include <optional>
 
-#include "channel.h"
 #include "dispatcher.h"
 #include "gate.h"
+#include "greenlet_handoff.h"
+#include "thread_handoff.h"
 #include "save_mount.h"
 
 namespace py = pybind11;
@@ -21,12 +22,12 @@ using namespace nnsight_fast;
 
 namespace {
 
-// A TraceState plus what Python needs around it: the channels it hands values to
-// (kept alive here) and the trace that was active before it on this thread.
+// A TraceState plus what Python needs around it: the handoffs it serves (kept alive
+// here) and the trace that was active before it on this thread.
 struct Trace {
   explicit Trace(Dispatcher* dispatcher) : state(dispatcher) {}
   TraceState state;
-  std::vector<py::object> channels;
+  std::vector<py::object> handoffs;
   std::vector<py::object> sinks;
   std::vector<std::unique_ptr<CacheObserver>> observers;
   TraceState* previous = nullptr;
@@ -38,19 +39,45 @@ py::object steal_or_throw(PyObject* value) {
   return py::reinterpret_steal<py::object>(value);
 }
 
+// `park(handoff)`: the body gives the turn back until served. A plain CPython function,
+// not a pybind11 one: pybind11 keeps a per-thread stack of call frames that must unwind
+// in order, and a greenlet switch made inside one of its calls would interleave them.
+PyObject* park(PyObject*, PyObject* handoff) {
+  Handoff* native = nullptr;
+  try {
+    native = py::handle(handoff).cast<Handoff*>();
+  } catch (const py::cast_error&) {
+    PyErr_SetString(PyExc_TypeError, "park() needs a Handoff");
+    return nullptr;
+  }
+  return native->park();
+}
+
+PyMethodDef raw_functions[] = {
+    {"park", park, METH_O, "park(handoff): the body waits until the model side serves it a value."},
+    {nullptr, nullptr, 0, nullptr}};
+
+Outcome or_throw(Outcome outcome) {
+  if (outcome == Outcome::Error) throw py::error_already_set();
+  return outcome;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr())) throw py::error_already_set();
+  if (!add_gate_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+    throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")
       .def(py::init<>())
       .def("intern", &Dispatcher::intern, "The location id of a name (created on first use).")
       .def("name", &Dispatcher::name)
-      .def("__len__", &Dispatcher::size);
+      .def("__len__", &Dispatcher::size)
+      .def_property("threaded", &Dispatcher::threaded, &Dispatcher::set_threaded,
+                    "True when the model runs modules on other OS threads (see NNsight(threaded=True)).");
 
   m.def(
       "make_gate",
@@ -77,22 +104,27 @@ PYBIND11_MODULE(_native, m) {
       .value("Finished", Outcome::Finished)
       .value("Failed", Outcome::Failed);
 
-  py::class_<Channel>(m, "Channel")
+  py::class_<Handoff>(m, "Handoff")
+      .def("start", [](Handoff& h, py::object job) { return or_throw(h.start(job.ptr())); })
+      .def("serve", [](Handoff& h, py::object value) { return or_throw(h.serve(value.ptr())); })
+      .def("cancel", [](Handoff& h) { return or_throw(h.cancel()); })
+      .def_property_readonly("busy", &Handoff::busy)
+      .def("set_swap", [](Handoff& h, py::object value) { h.set_swap(value.ptr()); })
+      .def("set_skip", [](Handoff& h, py::object value) { h.set_skip(value.ptr()); });
+  py::class_<GreenletHandoff, Handoff>(m, "GreenletHandoff", "A body as a greenlet on the model's thread.")
+      .def(py::init<>());
+  py::class_<ThreadHandoff, Handoff>(m, "ThreadHandoff", "A body on a worker thread, served from any thread.")
       .def(py::init<>())
-      .def("start", [](Channel& c, py::object job) { return c.start(job.ptr()); })
-      .def("serve", [](Channel& c, py::object value) { return c.serve(value.ptr()); })
-      .def("cancel", &Channel::cancel)
-      .def("stop", &Channel::stop)
-      .def_property_readonly("busy", &Channel::busy)
-      .def("next_job", [](Channel& c) { return steal_or_throw(c.next_job()); })
-      .def("park", [](Channel& c) { return steal_or_throw(c.park()); })
-      .def("finish_and_next", [](Channel& c, bool failed) { return steal_or_throw(c.finish_and_next(failed)); })
-      .def("set_swap", [](Channel& c, py::object value) { c.set_swap(value.ptr()); })
-      .def("set_skip", [](Channel& c, py::object value) { c.set_skip(value.ptr()); });
+      .def("stop", &ThreadHandoff::stop)
+      .def("next_job", [](ThreadHandoff& h) { return steal_or_throw(h.next_job()); })
+      .def("finish_and_next",
+           [](ThreadHandoff& h, bool failed) { return steal_or_throw(h.finish_and_next(failed)); });
 
   py::class_<Trace>(m, "Trace")
       .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
+      .def("name", [](Trace& t, int location) { return t.state.dispatcher()->name(location); })
+      .def("wanted", [](Trace& t, int location) { return t.state.wanted(location); })
       .def("park", [](Trace& t, int location, int mediator, int64_t occurrence) {
         t.state.park(location, mediator, occurrence);
       })
@@ -123,21 +155,23 @@ PYBIND11_MODULE(_native, m) {
            })
       .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
       .def("add_mediator",
-           [](Trace& t, py::object channel, int64_t row_start, int64_t row_count) {
-             auto* native = channel.cast<Channel*>();
-             t.channels.push_back(channel);
+           [](Trace& t, py::object handoff, int64_t row_start, int64_t row_count) {
+             auto* native = handoff.cast<Handoff*>();
+             t.handoffs.push_back(handoff);
              return t.state.add_mediator(MediatorSlot{native, row_start, row_count});
            })
       .def("activate",
            [](Trace& t) {
              if (t.active) throw py::value_error("this trace is already running");
              t.previous = set_active_trace(&t.state);
+             t.state.dispatcher()->trace_started(&t.state);
              t.active = true;
            })
       .def("deactivate",
            [](Trace& t) {
              if (!t.active) return;
              set_active_trace(t.previous);
+             t.state.dispatcher()->trace_ended(&t.state);
              t.previous = nullptr;
              t.active = false;
            })
@@ -160,6 +194,14 @@ PYBIND11_MODULE(_native, m) {
 
   m.def("has_active_trace", [] { return active_trace() != nullptr; },
         "True when this thread is running a trace.");
+  m.def("parked_bodies", &Handoff::parked_count, "How many bodies are parked now (0 once every trace is over).");
+  m.def("current_mediator", [] {
+    PyObject* mediator = current_mediator();
+    return py::reinterpret_borrow<py::object>(mediator != nullptr ? mediator : Py_None);
+  }, "The mediator whose body runs on this thread (None outside bodies).");
+  m.def("set_current_mediator", [](py::object mediator) {
+    set_current_mediator(mediator.is_none() ? nullptr : mediator.ptr());
+  });
   m.def("set_exception_types", [](py::object abort, py::object cancelled) {
     set_abort_type(abort.ptr());
     set_cancelled_type(cancelled.ptr());

@@ -9,8 +9,8 @@
 //   if (t.wanted(out)) t.take(out, k, ready);   // mediators parked there, in order
 //
 // Plain C++: no Python. Locations are interned once and never removed; a trace
-// counts visits per location and holds the parked requests. Only one thread of a
-// trace runs at a time (the baton), so a TraceState needs no lock; interning does.
+// counts visits per location and holds the parked requests. Callers hold the GIL,
+// so a TraceState needs no lock of its own; interning takes one.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,8 @@
 
 namespace nnsight_fast {
 
+class TraceState;
+
 class Dispatcher {
  public:
   // The id of `name`, created on first use.
@@ -28,6 +30,22 @@ class Dispatcher {
   // The name of a location id.
   std::string name(int location) const;
   int size() const;
+
+  // A model that runs some modules on other OS threads (a thread pool in its forward)
+  // sets `threaded`: a Gate reached on a thread that runs no trace and no body then
+  // joins the one trace of this dispatcher that is running (see trace_for_other_thread).
+  void set_threaded(bool threaded) { threaded_ = threaded; }
+  bool threaded() const { return threaded_; }
+  void trace_started(TraceState* trace) {
+    ++running_count_;
+    running_ = trace;
+  }
+  void trace_ended(TraceState* trace) {
+    --running_count_;
+    if (running_ == trace) running_ = nullptr;
+  }
+  // The trace a visit from another OS thread belongs to: the only running one, if any.
+  TraceState* trace_for_other_thread() const { return threaded_ && running_count_ == 1 ? running_ : nullptr; }
 
   // Plain hooks at locations (HookHandler): opaque callables, applied by the Gate with
   // or without a trace. Reference counts are the caller's business.
@@ -40,16 +58,21 @@ class Dispatcher {
  private:
   std::vector<void*> hooks_;
   int hook_count_ = 0;
+  bool threaded_ = false;
+  int running_count_ = 0;          // traces of this dispatcher running now (GIL-guarded, like the rest)
+  TraceState* running_ = nullptr;  // the last one started
   mutable std::mutex mutex_;
   std::unordered_map<std::string, int> ids_;
   std::vector<std::string> names_;
 };
 
+class Handoff;
+
 // A mediator of the trace. An input invoke owns rows [row_start, row_start + row_count)
-// of the batch; row_count < 0 means it sees the whole batch. `channel` is the
-// handoff to its worker (opaque here: a Channel, owned by the Python side).
+// of the batch; row_count < 0 means it sees the whole batch. `handoff` reaches its
+// body (owned by the Python side).
 struct MediatorSlot {
-  void* channel = nullptr;
+  Handoff* handoff = nullptr;
   int64_t row_start = 0;
   int64_t row_count = -1;
 };
@@ -61,9 +84,9 @@ struct ParkedRequest {
 
 class TraceState {
  public:
-  explicit TraceState(const Dispatcher* dispatcher) : dispatcher_(dispatcher) {}
+  explicit TraceState(Dispatcher* dispatcher) : dispatcher_(dispatcher) {}
 
-  const Dispatcher* dispatcher() const { return dispatcher_; }
+  Dispatcher* dispatcher() const { return dispatcher_; }
 
   // The model reached `location`: returns the occurrence index of this visit.
   int64_t visit(int location) {
@@ -157,7 +180,7 @@ class TraceState {
  private:
   void grow(int location);
 
-  const Dispatcher* dispatcher_;
+  Dispatcher* dispatcher_;
   std::vector<int64_t> visit_counts_;
   std::vector<uint32_t> wanted_;
   std::unordered_map<int, std::vector<ParkedRequest>> parked_;

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "batch_values.h"
-#include "channel.h"
+#include "handoff.h"
 
 namespace nnsight_fast {
 namespace {
@@ -24,6 +24,14 @@ struct GateObject {
   PyObject* source_forward;  // Gate: the forward rewritten for `.source`, or null
   int source_location;       // Gate: wanted while some mediator asks for one of its operations
 };
+
+// A visit from a thread that runs no trace of this dispatcher: part of the running
+// trace when the model is `threaded` (a thread pool in its forward), unless a body
+// runs on this thread (a body's own calls are never traced).
+inline TraceState* trace_of_other_thread(Dispatcher* dispatcher) {
+  if (!dispatcher->threaded() || current_mediator() != nullptr) return nullptr;
+  return dispatcher->trace_for_other_thread();
+}
 
 // (args, kwargs) from a vectorcall argument vector.
 PyObject* pack_inputs(PyObject* const* args, size_t nargsf, PyObject* kwnames) {
@@ -104,16 +112,6 @@ PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, Py
   const int64_t in_occurrence = trace->visit(self->input_location);
   auto* in_hook = static_cast<PyObject*>(self->dispatcher->has_hooks() ? self->dispatcher->hook(self->input_location)
                                                                        : nullptr);
-  if (trace->wanted(self->output_location)) {
-    // Someone waits for this call's output: wake them now, so they are spinning
-    // (not asleep) when the forward returns.
-    // Only the first in order: it is served first, the others when their turn comes.
-    int first = -1;
-    trace->for_each_parked(self->output_location, trace->visits(self->output_location), [&](int index) {
-      if (first < 0 || index < first) first = index;
-    });
-    if (first >= 0) static_cast<Channel*>(trace->mediator(first).channel)->poke();
-  }
   PyObject* result;
   if (in_hook != nullptr || trace->wanted(self->input_location)) {
     PyObject* inputs = pack_inputs(args, nargsf, kwnames);
@@ -171,8 +169,11 @@ PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t narg
   auto* self = reinterpret_cast<GateObject*>(callable);
   TraceState* trace = active_trace();
   if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
-    if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
-    return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+    trace = trace_of_other_thread(self->dispatcher);
+    if (trace == nullptr) {
+      if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
+      return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+    }
   }
   PyObject* forward = self->source_forward != nullptr && trace->wanted(self->source_location) ? self->source_forward
                                                                                               : self->forward;
@@ -190,7 +191,8 @@ PyObject* source_op_vectorcall(PyObject* callable, PyObject* const* args, size_t
   }
   const size_t rest = static_cast<size_t>(nargs - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
   TraceState* trace = active_trace();
-  if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
+  if (trace == nullptr || trace->dispatcher() != self->dispatcher) trace = trace_of_other_thread(self->dispatcher);
+  if (trace == nullptr) {
     if (args[0] == Py_None && nargs == 2) return Py_NewRef(args[1]);
     return PyObject_Vectorcall(args[0], args + 1, rest, kwnames);
   }
@@ -365,8 +367,9 @@ void set_abort_type(PyObject* type) {
 bool resume_released(TraceState* trace) {
   int index;
   while (trace->take_released(index)) {
-    auto* channel = static_cast<Channel*>(trace->mediator(index).channel);
-    if (channel->serve(Py_None) == Outcome::Failed) {
+    const Outcome outcome = trace->mediator(index).handoff->serve(Py_None);
+    if (outcome == Outcome::Error) return false;
+    if (outcome == Outcome::Failed) {
       PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
       return false;
     }
@@ -377,23 +380,34 @@ bool resume_released(TraceState* trace) {
 namespace {
 
 // Serves one mediator; returns false with an error set when it failed.
-bool serve_one(TraceState* trace, int index, PyObject*& current, std::vector<SkipRequest>* skips) {
+bool serve_one(TraceState* trace, int location, int index, PyObject*& current, std::vector<SkipRequest>* skips) {
   const MediatorSlot& slot = trace->mediator(index);
-  auto* channel = static_cast<Channel*>(slot.channel);
+  Handoff* handoff = slot.handoff;
+  if (!handoff->serves_this_thread()) {
+    const std::string name = trace->dispatcher()->name(location);
+    PyErr_Format(PyExc_RuntimeError,
+                 "`%s` was reached on another OS thread (the model runs it from a thread pool?), but this "
+                 "invoke's body runs on the trace's thread and cannot be served from there: wrap the model "
+                 "with `NNsight(module, threaded=True)` (or set `model.threaded = True`) so bodies run on "
+                 "worker threads that any thread can serve",
+                 name.c_str());
+    return false;
+  }
   const bool narrowed = trace->narrows() && slot.row_count >= 0;
   const int64_t batch = trace->batch_size();
   PyObject* view = narrowed ? narrow_value(current, slot, batch) : (Py_INCREF(current), current);
   if (view == nullptr) return false;
-  const Outcome outcome = channel->serve(view);
+  const Outcome outcome = handoff->serve(view);
   Py_DECREF(view);
-  PyObject* swap = channel->take_swap();
+  if (outcome == Outcome::Error) return false;
+  PyObject* swap = handoff->take_swap();
   if (swap != nullptr) {
     PyObject* widened = narrowed ? widen_value(current, swap, slot, batch) : (Py_INCREF(swap), swap);
     Py_DECREF(swap);
     if (widened == nullptr) return false;
     Py_SETREF(current, widened);
   }
-  PyObject* skipped = channel->take_skip();
+  PyObject* skipped = handoff->take_skip();
   if (skipped != nullptr) {
     if (skips != nullptr) {
       skips->push_back(SkipRequest{index, skipped});
@@ -423,7 +437,7 @@ PyObject* serve_location(TraceState* trace, int location, int64_t occurrence, Py
     trace->take(location, occurrence, ready);
     if (ready.empty()) break;
     for (int index : ready) {
-      ok = serve_one(trace, index, current, skips) && resume_released(trace);
+      ok = serve_one(trace, location, index, current, skips) && resume_released(trace);
       if (!ok) break;
     }
     if (!ok) break;

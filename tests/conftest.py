@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnsight_fast import _native
-from nnsight_fast.workers import POOL
+from nnsight_fast.workers import MAX_IDLE, POOL
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -19,11 +19,10 @@ def device(request):
 
 
 def assert_clean(model=None, x=None, expected=None):
-    """No trace active on this thread, no worker parked mid-request, and (when given)
+    """No trace active on this thread, no body parked mid-request, and (when given)
     the wrapped model gives plain results again, in and out of a trace."""
     assert not _native.has_active_trace()
-    assert all(not w.channel.busy for w in POOL._all)
-    assert POOL.idle_count() == len(POOL._all)
+    assert _native.parked_bodies() == 0
     if model is not None:
         assert torch.allclose(model(x), expected)
         with model.trace(x):
@@ -40,9 +39,9 @@ def clean():
 def _no_leftover_threads():
     yield
     assert not _native.has_active_trace()
-    assert all(not w.channel.busy for w in POOL._all)
+    assert _native.parked_bodies() == 0
     named = [t for t in threading.enumerate() if t.name == "nnsight_fast-mediator"]
-    assert len(named) == len(POOL._all)
+    assert len(named) == POOL.idle_count() <= MAX_IDLE
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import psutil
 import torch
 
 from nnsight_fast import NNsight
-from nnsight_fast.workers import POOL
+from nnsight_fast import _native
 
 from models import MLP, Nested
 
@@ -95,4 +95,4 @@ def test_two_threads_tracing_at_once_get_what_they_get_alone():
         for i, (h, out) in enumerate(got):
             h_alone, out_alone = alone[key][i // 50]
             assert torch.equal(h, h_alone) and torch.equal(out, out_alone)
-    assert all(not w.channel.busy for w in POOL._all)
+    assert _native.parked_bodies() == 0

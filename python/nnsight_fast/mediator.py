@@ -1,125 +1,192 @@
-"""Mediator: one invoke's body, run on a worker thread in step with the model.
+"""Mediator: one body of a trace (an invoke, an edit, a backward block), run in step with the model.
 
-    value = request(envoy._output_location, envoy, "output")   # inside a trace body
-    assign(envoy._output_location, new_value)
+    mediator = Mediator(tracer, body, native_trace, rows=(0, 2))   # a greenlet on this thread
+    failed = mediator.start()          # the body runs until it asks for a value (or ends)
+    ...                                # the model runs; Gates switch into the body at its locations
+    namespace = mediator.finish()      # its variables; nothing of the run is kept
 
-A body that asks for a value parks on its worker until the model reaches that
-location (the native Gate hands the value over); the model waits meanwhile. Within
-one invoke, requests follow execution order: asking for a location the model
-already passed raises OutOfOrderError at the user's line.
+    # inside the body (values.py):
+    value = request(envoy._output_location, envoy.path, "output")
+    assign(envoy._output_location, envoy.path, "output", new_value)
+
+By default the body is a greenlet on the model's own thread: asking for a value is a
+stack switch back to the model, and the Gate switches in again when the model gets
+there. With `threaded=True` (backward blocks, models that run modules on a thread
+pool) the body runs on a pooled worker thread that any OS thread can serve. Within
+one body, requests follow execution order: asking for a location the model already
+passed raises OutOfOrderError at the user's line.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import errors
+from . import _native, errors
 from .errors import Cancelled, OutOfOrderError
-from .saving import enter_scope
+from .workers import POOL
 
-if TYPE_CHECKING:
-    from .tracing.capture import CapturedBody
-    from .tracing.tracer import Tracer
-    from .workers import Worker
-
-_current = threading.local()
+current_mediator = _native.current_mediator
+_park = _native.park
 
 
-def current_mediator() -> "Mediator | None":
-    return getattr(_current, "mediator", None)
+class Owner(Protocol):
+    """What a mediator asks of the trace it belongs to."""
+
+    def record_save(self, value: Any) -> None: ...
 
 
 class Mediator:
-    """Runs one invoke's captured body; its requests are served by the model thread."""
+    """Runs one captured body; the model side serves its requests through a native handoff."""
 
-    def __init__(self, tracer: "Tracer", body: "CapturedBody", worker: "Worker", index: int, native_trace,
-                 collects: bool = True):
-        self.collects = collects  # False for a persistent edit: its variables are not written back
+    def __init__(self, tracer: Owner, body, native_trace, rows: tuple[int, int] = (0, -1), *,
+                 threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None):
         self.tracer = tracer
-        self.body = body
-        self.worker = worker
-        self.channel = worker.channel
-        self.index = index
         self.native_trace = native_trace
-        self.iteration = 0
-        self.offsets: dict[str, int] = {}
-        self.waiting: tuple[int, int] | None = None
+        self.collects = collects  # False for a persistent edit: its variables are not written back
+        self.backward_of = backward_of  # in a backward block: the invoke whose forward values it reads
+        self._body = body
+        self._worker = POOL.acquire() if threaded else None
+        self._handoff = self._worker.handoff if threaded else _native.GreenletHandoff()
+        self.index = native_trace.add_mediator(self._handoff, *rows)
+        self.iteration = 0  # the step requests bind to (generation)
+        self._offsets: dict[str, int] = {}  # path -> calls further on (envoy.next())
         self.requests_made = 0
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
+        self.waiting: tuple[int, int] | None = None  # (location, occurrence) while parked on a request
         self.at_barrier = None  # the Barrier this body waits at
-        self.nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
+        self._nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
         self.history: dict = {}  # (location, occurrence) -> value served, for backward blocks
-        self.backward_of: "Mediator | None" = None  # in a backward block: the invoke it belongs to
-        self.location = -1
-        self.occurrence = -1
-        self.value: Any = None
+        self._last: tuple[int, int, Any] = (-1, -1, None)  # the value served last
         self.error: BaseException | None = None
-        self.pending_error: BaseException | None = None
-        self.namespace: dict | None = None
+        self._pending_error: BaseException | None = None
+        self._namespace: dict | None = None
 
-    # ---- runs on the worker thread ----
-    def job(self) -> bool:
-        previous_scope = enter_scope(self.tracer)
-        _current.mediator = self
+    # ---- model side ----
+    def start(self) -> bool:
+        """Runs the body until it parks or ends; True when it failed."""
+        return self._handoff.start(self._job) == _native.Outcome.Failed
+
+    @property
+    def busy(self) -> bool:
+        """True while the body is parked (it has not ended)."""
+        return self._handoff.busy
+
+    def cancel(self, error: BaseException | None = None) -> None:
+        """Makes the parked body's wait raise `error` (Cancelled when None); returns when it
+        parks again or ends."""
+        self._pending_error = error
         try:
-            self.body.run(self._collect)
+            self._handoff.cancel()
+        finally:
+            self._pending_error = None
+
+    def finish(self) -> dict | None:
+        """Ends the body (if still parked) and drops what it held; returns its variables
+        when they go back to the caller."""
+        try:
+            while self._handoff.busy:
+                self._handoff.cancel()
+        finally:
+            if self._worker is not None:
+                POOL.release(self._worker)
+                self._worker = None
+            namespace, self._namespace = self._namespace, None
+            self.history.clear()
+            self._nested_sources.clear()
+            self._last = (-1, -1, None)
+            self._body = None
+        return namespace if self.collects else None
+
+    # ---- body side ----
+    def _job(self) -> bool:
+        _native.set_current_mediator(self)
+        try:
+            self._body.run(self._collect)
             return False
-        except BaseException as error:  # noqa: BLE001 - every failure goes back to the model thread
+        except BaseException as error:  # noqa: BLE001 - every failure goes back to the model side
             self.error = error
             return True
         finally:
-            _current.mediator = None
-            enter_scope(previous_scope)
-            self.value = None
+            _native.set_current_mediator(None)
+            self._last = (-1, -1, None)
 
     def _collect(self, namespace: dict) -> None:
-        self.namespace = namespace
+        self._namespace = namespace
 
     def occurrence_of(self, path: str) -> int:
-        return self.iteration + self.offsets.get(path, 0) if self.offsets else self.iteration
+        return self.iteration + self._offsets.get(path, 0) if self._offsets else self.iteration
 
     def request(self, location: int, occurrence: int) -> Any:
-        if location == self.location and occurrence == self.occurrence:
-            return self.value
-        if self.native_trace.visits(location) > occurrence and not self.native_trace.serving(location, occurrence):
+        last_location, last_occurrence, value = self._last
+        if location == last_location and occurrence == last_occurrence:
+            return value
+        trace = self.native_trace
+        if trace.visits(location) > occurrence and not trace.serving(location, occurrence):
             raise self.out_of_order(location, occurrence)
-        self.native_trace.park(location, self.index, occurrence)
+        trace.park(location, self.index, occurrence)
         self.requests_made += 1
         self.waiting = (location, occurrence)
         try:
             value = self.park()
         finally:
             self.waiting = None
-        self.location = location
-        self.occurrence = occurrence
-        self.value = value
-        self.history[(location, occurrence)] = value
+        self._last = (location, occurrence, value)
+        if self.history is not None:
+            self.history[(location, occurrence)] = value
         return value
 
     def park(self) -> Any:
-        """Hands the turn to the model thread until it serves a value or resumes this body.
+        """Gives the turn to the model until it serves a value or resumes this body.
 
-        When the trace ends instead, raises the error the tracer chose (`pending_error`)."""
+        When the trace ends instead, raises the error the model side chose (`cancel(error)`)."""
         try:
-            return self.channel.park()
+            return _park(self._handoff)
         except Cancelled:
-            if self.pending_error is not None:
-                raise self.pending_error from None
+            if self._pending_error is not None:
+                raise self._pending_error from None
             raise
 
     def out_of_order(self, location: int, occurrence: int) -> OutOfOrderError:
-        name = self.tracer.model._dispatcher.name(location)
+        name = self.native_trace.name(location)
         return OutOfOrderError(f"'{name}.i{occurrence}' was requested but the model already ran past it")
 
     def assign(self, location: int, occurrence: int, value: Any) -> None:
         self.request(location, occurrence)
-        self.value = value
-        self.channel.set_swap(value)
+        self._last = (location, occurrence, value)
+        self._handoff.set_swap(value)
+
+    def skip(self, location: int, occurrence: int, value: Any) -> None:
+        self.request(location, occurrence)
+        self._handoff.set_skip(value)
+
+    # ---- steps and loops ----
+    def at_step(self, step: int) -> None:
+        """Later requests bind to the model's `step`-th call (generation step)."""
+        self.iteration = step
+        self._offsets.clear()
+
+    def advance(self, path: str, step: int) -> None:
+        """Later requests for `path` refer to the call `step` calls further on."""
+        self._offsets[path] = self._offsets.get(path, 0) + step
+
+    def wait_at(self, barrier) -> None:
+        """Parks at `barrier` until the model side resumes this body (the last participant arrived)."""
+        self.at_barrier = barrier
+        try:
+            self.park()
+        finally:
+            self.at_barrier = None
+
+    # ---- .source of an operation's callee, once per execution ----
+    def nested_source(self, key: tuple) -> Any:
+        return self._nested_sources.get(key)
+
+    def remember_nested_source(self, key: tuple, source: Any) -> None:
+        self._nested_sources[key] = source
 
 
 def _require_mediator(what: str) -> Mediator:
-    mediator = getattr(_current, "mediator", None)
+    mediator = current_mediator()
     if mediator is None:
         raise errors.outside_trace_error(what)
     return mediator
@@ -148,11 +215,9 @@ def assign(location: int, path: str, what: str, value: Any) -> None:
 def skip(location: int, path: str, value: Any) -> None:
     """Skips the module whose input location is `location`: its output becomes `value`."""
     mediator = _require_mediator(f"{path}.skip")
-    mediator.request(location, mediator.occurrence_of(path))
-    mediator.channel.set_skip(value)
+    mediator.skip(location, mediator.occurrence_of(path), value)
 
 
 def advance(path: str, step: int) -> None:
     """Moves the current invoke's view of the module at `path` `step` calls forward."""
-    mediator = _require_mediator(f"{path}.next")
-    mediator.offsets[path] = mediator.offsets.get(path, 0) + step
+    _require_mediator(f"{path}.next").advance(path, step)

@@ -18,7 +18,8 @@ from . import _native
 
 
 class SaveScope(Protocol):
-    """Whatever collects saves on this thread: a tracer or a mediator's tracer."""
+    """Whatever collects saves: the tracer of the body running now, else this thread's
+    tracer or session (a trace body that only opens invokes, a session body)."""
 
     def record_save(self, value: Any) -> None: ...
 
@@ -39,7 +40,8 @@ def enter_scope(scope: SaveScope | None) -> SaveScope | None:
 
 def save(value: Any) -> Any:
     """Marks `value` to be kept after the trace; returns it unchanged."""
-    scope = getattr(_current, "scope", None)
+    mediator = _native.current_mediator()
+    scope = mediator.tracer if mediator is not None else getattr(_current, "scope", None)
     if scope is None:
         raise ValueError(
             "Cannot save a value outside of a trace: call `.save()` inside `with model.trace(...)`"

@@ -1,61 +1,69 @@
-"""Pooled worker threads that run mediators.
+"""Pooled worker threads for bodies that must be served from any OS thread.
 
-    worker = POOL.acquire()          # an idle thread, or a new one
-    outcome = worker.channel.start(job)   # job() runs on the worker until it parks or ends
+    worker = POOL.acquire()              # an idle thread, or a new one
+    worker.handoff.start(job)            # job() runs on the worker until it parks or ends
     ...
-    POOL.release(worker)
+    POOL.release(worker)                 # back to the pool (or stopped, past MAX_IDLE)
 
-A trace borrows one worker per invoke and gives them back at its end, so a trace
-starts no thread once the pool is warm. Workers are daemon threads, stopped and
-joined at interpreter exit (a worker must not wake into a finalizing interpreter).
+Only the thread path uses these (backward blocks, models wrapped with `threaded=True`);
+ordinary bodies are greenlets on the model's thread. The pool keeps at most MAX_IDLE
+idle threads and stops the rest, so a trace with many invokes leaves no crowd behind.
+Workers are daemon threads, stopped at interpreter exit; a forked child starts with
+an empty pool (the parent's threads do not exist there).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from typing import Callable
 
 from . import _native
 
+MAX_IDLE = 4
+
 
 class Worker:
-    """A thread that runs jobs handed to it through its Channel; a job returns True on failure."""
+    """A thread that runs jobs handed to it through its ThreadHandoff; a job returns True on failure."""
 
     def __init__(self) -> None:
-        self.channel = _native.Channel()
+        self.handoff = _native.ThreadHandoff()
         self.thread = threading.Thread(target=self._loop, name="nnsight_fast-mediator", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        channel = self.channel
-        job: Callable[[], bool] | None = channel.next_job()
+        handoff = self.handoff
+        job: Callable[[], bool] | None = handoff.next_job()
         while job is not None:
             failed = job()
             del job
-            job = channel.finish_and_next(failed)
+            job = handoff.finish_and_next(failed)
+
+    def stop(self) -> None:
+        self.handoff.stop()
+        self.thread.join(timeout=5)
 
 
 class WorkerPool:
     def __init__(self) -> None:
         self._idle: list[Worker] = []
-        self._all: list[Worker] = []
         self._lock = threading.Lock()
 
     def acquire(self) -> Worker:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        worker = Worker()
-        with self._lock:
-            self._all.append(worker)
-        return worker
+        return Worker()
 
     def release(self, worker: Worker) -> None:
-        if worker.channel.busy:  # still parked: never hand out a worker mid-job
+        if worker.handoff.busy:  # still parked: never hand out a worker mid-job
             raise RuntimeError("internal error: releasing a worker that is still parked")
         with self._lock:
-            self._idle.append(worker)
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(worker)
+                return
+        worker.stop()
 
     def idle_count(self) -> int:
         with self._lock:
@@ -64,11 +72,14 @@ class WorkerPool:
     def shutdown(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            self._all = [w for w in self._all if w not in idle]
         for worker in idle:
-            worker.channel.stop()
-            worker.thread.join(timeout=5)
+            worker.stop()
+
+    def _forget_after_fork(self) -> None:
+        self._idle = []
+        self._lock = threading.Lock()
 
 
 POOL = WorkerPool()
 atexit.register(POOL.shutdown)
+os.register_at_fork(after_in_child=POOL._forget_after_fork)

@@ -117,7 +117,7 @@ class OperationEnvoy(ValueAccess):
             )
         self._source._activate(mediator)
         key = (self._callee, mediator.occurrence_of(self.path))
-        known = mediator.nested_sources.get(key)
+        known = mediator.nested_source(key)
         if known is not None:  # this execution's callee was already replaced
             return known
         callee = _mediator.request(self._callee, self.path, "source")
@@ -132,7 +132,8 @@ class OperationEnvoy(ValueAccess):
             )
         replacement = site.function if bind is None else types.MethodType(site.function, bind)
         _mediator.assign(self._callee, self.path, "source", replacement)
-        nested = mediator.nested_sources[key] = SourceEnvoy(site, lambda mediator: None)
+        nested = SourceEnvoy(site, lambda mediator: None)
+        mediator.remember_nested_source(key, nested)
         return nested
 
     def __repr__(self) -> str:

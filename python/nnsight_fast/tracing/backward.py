@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import sys
-import threading
 from typing import Any
 
 import torch
@@ -26,10 +25,8 @@ import torch
 from .. import _native
 from ..errors import Cancelled, OutOfOrderError
 from ..mediator import Mediator, current_mediator
-from ..workers import POOL
 from .capture import CapturedBlock, write_back
 
-_state = threading.local()  # .block: the BackwardTracer whose body runs on this thread
 _original_backward = torch.Tensor.backward
 _original_grad = torch._C.TensorBase.grad
 
@@ -53,36 +50,34 @@ class BackwardTracer(CapturedBlock):
         self.outer.tracer.record_save(value)
 
     def run_block(self, body, capture) -> None:
-        worker = POOL.acquire()
-        index = self.native.add_mediator(worker.channel, 0, -1)
-        self.mediator = mediator = Mediator(self, body, worker, index, self.native)
-        mediator.backward_of = self.outer
+        # autograd may call the gradient hooks on its own device threads: the block's body
+        # runs on a worker thread, which any thread can serve.
         self.native.set_batch(-1, 1)
+        self.mediator = mediator = Mediator(self, body, self.native, threaded=True, backward_of=self.outer)
         backward_error = None
         try:
-            if worker.channel.start(mediator.job) != _native.Outcome.Failed:
+            if not mediator.start():
                 try:
                     _original_backward(self.loss, *self.args, **self.kwargs)
                 except BaseException as failure:  # noqa: BLE001 - autograd's own error, raised after cleanup
                     backward_error = failure
-                while worker.channel.busy and mediator.waiting is not None:
-                    mediator.pending_error = OutOfOrderError(
+                while mediator.busy and mediator.waiting is not None:
+                    mediator.cancel(OutOfOrderError(
                         "a gradient was requested that backward never computed (ask for gradients in reverse "
                         "order of the forward pass, and only of tensors the loss depends on)"
-                    )
-                    worker.channel.cancel()
+                    ))
         finally:
-            if worker.channel.busy:
-                worker.channel.cancel()
             for handle in self.handles:
                 handle.remove()
-            POOL.release(worker)
+            self.handles.clear()
+            namespace = mediator.finish()
+            self.mediator = None
         if mediator.error is not None and not isinstance(mediator.error, Cancelled):
             raise mediator.error
         if backward_error is not None:
             raise backward_error
-        if mediator.namespace:
-            write_back(body.frame, {k: v for k, v in mediator.namespace.items() if not k.startswith("__nnsight")})
+        if namespace:
+            write_back(body.frame, {k: v for k, v in namespace.items() if not k.startswith("__nnsight")})
 
     # called on the body's thread
     def grad_location(self, tensor: torch.Tensor) -> int:
@@ -104,7 +99,7 @@ class BackwardTracer(CapturedBlock):
 def _backward(self: torch.Tensor, *args: Any, **kwargs: Any):
     """Tensor.backward: inside a trace body, `with loss.backward():` opens a backward block."""
     outer = current_mediator()
-    if outer is not None and getattr(_state, "block", None) is None and _called_as_with(sys._getframe(1)):
+    if outer is not None and not isinstance(outer.tracer, BackwardTracer) and _called_as_with(sys._getframe(1)):
         return BackwardTracer(self, args, kwargs, outer)
     return _original_backward(self, *args, **kwargs)
 

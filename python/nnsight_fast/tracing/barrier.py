@@ -44,11 +44,7 @@ class Barrier:
         shared.update((k, v) for k, v in frame.f_locals.items() if not k.startswith(_PRIVATE))
         self.arrived.append(mediator)
         if len(self.arrived) < self.participants:
-            mediator.at_barrier = self
-            try:
-                mediator.park()  # resumed by the model thread once the last one arrives
-            finally:
-                mediator.at_barrier = None
+            mediator.wait_at(self)  # resumed by the model side once the last one arrives
         else:
             waiting, self.arrived = self.arrived[:-1], []
             for other in waiting:

@@ -79,8 +79,7 @@ class Iterations(CapturedBlock):
             for step in self._indices():
                 if step < 0:
                     raise ValueError(f"tracer.iter: steps count from 0, got {step}")
-                mediator.iteration = step
-                mediator.offsets.clear()
+                mediator.at_step(step)
                 if requests_before == mediator.requests_made:
                     # The last step asked for nothing: wait for the model to begin this one.
                     if mediator.native_trace.visits(self._sync_location) <= step:
@@ -89,5 +88,4 @@ class Iterations(CapturedBlock):
                 yield step
         finally:
             mediator.loops.pop()
-            mediator.iteration = previous
-            mediator.offsets.clear()
+            mediator.at_step(previous)

@@ -27,7 +27,6 @@ from ..config import CONFIG
 from ..errors import Abort, Cancelled, EarlyStop, LoopEnd, outside_trace_error, strip_library_frames
 from ..mediator import Mediator, current_mediator
 from ..saving import enter_scope
-from ..workers import POOL
 from .capture import CapturedBlock, write_back
 from .barrier import Barrier
 from .cache import CacheDict
@@ -101,8 +100,7 @@ class Tracer(CapturedBlock):
         mediator = current_mediator()
         if mediator is None or mediator.tracer is not self:
             raise outside_trace_error("tracer.next")
-        mediator.iteration += step
-        mediator.offsets.clear()
+        mediator.at_step(mediator.iteration + step)
         return self
 
     def cache(self, modules=None, device=torch.device("cpu"), dtype=None, detach: bool = True,
@@ -182,28 +180,27 @@ class Tracer(CapturedBlock):
 
         native = _native.Trace(model._dispatcher)
         native.set_batch(batch_size, len(with_inputs))
+        threaded = model._dispatcher.threaded
 
-        def add(body, row_start: int, row_count: int, collects: bool = True) -> None:
-            worker = POOL.acquire()
-            index = native.add_mediator(worker.channel, row_start, row_count)
-            self.mediators.append(Mediator(self, body, worker, index, native, collects=collects))
+        def add(body, rows: tuple[int, int], collects: bool = True) -> None:
+            self.mediators.append(Mediator(self, body, native, rows, threaded=threaded, collects=collects))
 
         try:
             for edit in model._default_edits:  # persistent edits run first, over the whole batch
-                add(edit.body, 0, -1, collects=False)
+                add(edit.body, (0, -1), collects=False)
             start = 0
             for invoke, (_, _, size) in zip(with_inputs, prepared):  # each input invoke owns its rows
-                add(invoke.body, start, size)
+                add(invoke.body, (start, size))
                 start += size
             for invoke in whole_batch:
-                add(invoke.body, 0, -1)
+                add(invoke.body, (0, -1))
             self._interleave(native, args, kwargs)
         finally:
-            for mediator in self.mediators:
-                if mediator.namespace is not None and mediator.collects:
-                    self._namespaces.append(mediator.namespace)
-                POOL.release(mediator.worker)
-            self.mediators = []
+            mediators, self.mediators = self.mediators, []
+            for mediator in mediators:
+                namespace = mediator.finish()
+                if namespace is not None:
+                    self._namespaces.append(namespace)
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
         model = self.model
@@ -215,7 +212,7 @@ class Tracer(CapturedBlock):
         self.running = True
         try:
             for mediator in self.mediators:
-                if mediator.channel.start(mediator.job) == _native.Outcome.Failed:
+                if mediator.start():
                     raise Abort()
                 native.resume_released()
             result = self._call_model(args, kwargs)
@@ -230,8 +227,8 @@ class Tracer(CapturedBlock):
             self._native = None
             native.deactivate()
             for mediator in self.mediators:
-                if mediator.channel.busy:
-                    mediator.channel.cancel()
+                if mediator.busy:
+                    mediator.cancel()
         for cache, records in self._cache_records:
             cache._fill(records)
         self._cache_records.clear()
@@ -262,24 +259,20 @@ class Tracer(CapturedBlock):
         code after them runs (it may still ask for what comes after the steps)."""
         steps_made = self._native.visits(self.model._input_location)
         for mediator in self.mediators:
-            while mediator.channel.busy and mediator.loops:
+            while mediator.busy and mediator.loops:
                 end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made)
                 if end.warning():
                     self._warnings.append(end.warning())
-                mediator.pending_error = end
-                mediator.channel.cancel()
-                mediator.pending_error = None
+                mediator.cancel(end)
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
         self._end_loops()
         for mediator in self.mediators:
-            while mediator.channel.busy and mediator.waiting is not None:
-                mediator.pending_error = mediator.out_of_order(*mediator.waiting)
-                mediator.channel.cancel()
-            if mediator.channel.busy and mediator.at_barrier is not None:
-                mediator.pending_error = ValueError(mediator.at_barrier.missing_message())
-                mediator.channel.cancel()
+            while mediator.busy and mediator.waiting is not None:
+                mediator.cancel(mediator.out_of_order(*mediator.waiting))
+            if mediator.busy and mediator.at_barrier is not None:
+                mediator.cancel(ValueError(mediator.at_barrier.missing_message()))
 
     def _write_back(self, frame) -> None:
         saved = self._saved

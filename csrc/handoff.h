@@ -1,0 +1,84 @@
+// Handoff: how the model side hands values to one mediator's body and gets the turn back.
+//
+//   model side (a Gate)                      body side (the user's `with` block)
+//   -------------------                      -----------------------------------
+//   h.start(job)  ──────────────────────▶    job() runs ...
+//        ◀────────────── Parked ──────────   v = h.park()            (asks a value)
+//   h.serve(value) ─────────────────────▶    ... v returned, user code runs ...
+//        ◀────────────── Finished ────────   job() returns
+//
+// Two kinds: GreenletHandoff (the default: the body is a greenlet on the model's
+// thread, a stack switch per handoff) and ThreadHandoff (the body runs on a worker
+// thread and can be served from any OS thread: autograd's device threads, thread
+// pools). Exactly one side runs at a time; the caller holds the GIL.
+#pragma once
+
+#include <Python.h>
+
+#include <utility>
+
+namespace nnsight_fast {
+
+// Parked: the body asks for a value. Finished / Failed: the job returned False / True.
+// Error: the handoff itself failed, with a Python error set (e.g. a foreign thread).
+enum class Outcome : int { Parked = 0, Finished = 1, Failed = 2, Error = 3 };
+
+class Handoff {
+ public:
+  Handoff() = default;
+  virtual ~Handoff();
+  Handoff(const Handoff&) = delete;
+  Handoff& operator=(const Handoff&) = delete;
+
+  // ---- model side ----
+  // Runs `job` (a callable returning True on failure) until it parks or ends.
+  virtual Outcome start(PyObject* job) = 0;
+  // Hands `value` to the parked body; returns when it parks again or ends.
+  virtual Outcome serve(PyObject* value) = 0;
+  // Makes the parked body's `park()` raise `Cancelled`; returns when it parks again or ends.
+  virtual Outcome cancel() = 0;
+  // False when the body cannot be served from the calling OS thread.
+  virtual bool serves_this_thread() const { return true; }
+  bool busy() const { return busy_; }
+  // How many bodies are parked now, all handoffs together (zero once every trace is over).
+  static int parked_count();
+
+  // ---- body side ----
+  // Gives the turn back until the model serves a value (new reference), or returns
+  // nullptr with `Cancelled` (or the error the model side threw) set.
+  virtual PyObject* park() = 0;
+
+  // Written by the body during its turn, taken by the model side (owned references).
+  PyObject* take_swap() { return std::exchange(swap_, nullptr); }
+  PyObject* take_skip() { return std::exchange(skip_, nullptr); }
+  void set_swap(PyObject* value) {
+    Py_XINCREF(value);
+    Py_XSETREF(swap_, value);
+  }
+  void set_skip(PyObject* value) {
+    Py_XINCREF(value);
+    Py_XSETREF(skip_, value);
+  }
+
+ protected:
+  void set_busy(bool busy);
+
+ private:
+  bool busy_ = false;
+
+ protected:
+  PyObject* swap_ = nullptr;
+  PyObject* skip_ = nullptr;
+};
+
+// The exception a cancelled request raises in the body (set from Python).
+void set_cancelled_type(PyObject* type);
+PyObject* cancelled_type();
+
+// The mediator whose body runs now on this OS thread (borrowed; None-able via nullptr).
+// A body sets it when its job starts and clears it when the job ends; each switch
+// between model and body keeps the other side's value.
+PyObject* current_mediator();
+void set_current_mediator(PyObject* mediator);
+
+}  // namespace nnsight_fast
