@@ -39,22 +39,49 @@ py::object steal_or_throw(PyObject* value) {
   return py::reinterpret_steal<py::object>(value);
 }
 
-// `park(handoff)`: the body gives the turn back until served. A plain CPython function,
-// not a pybind11 one: pybind11 keeps a per-thread stack of call frames that must unwind
-// in order, and a greenlet switch made inside one of its calls would interleave them.
-PyObject* park(PyObject*, PyObject* handoff) {
-  Handoff* native = nullptr;
+// `park(handoff)` and `request(handoff, location, occurrence)`: the body gives the turn
+// back until served. Plain CPython functions, not pybind11 ones: pybind11 keeps a
+// per-thread stack of call frames that must unwind in order, and a greenlet switch
+// made inside one of its calls would interleave them.
+Handoff* as_handoff(PyObject* object) {
   try {
-    native = py::handle(handoff).cast<Handoff*>();
+    return py::handle(object).cast<Handoff*>();
   } catch (const py::cast_error&) {
-    PyErr_SetString(PyExc_TypeError, "park() needs a Handoff");
+    PyErr_SetString(PyExc_TypeError, "expected a Handoff");
     return nullptr;
   }
-  return native->park();
+}
+
+PyObject* park(PyObject*, PyObject* handoff) {
+  Handoff* native = as_handoff(handoff);
+  return native != nullptr ? native->park() : nullptr;
+}
+
+PyObject* request(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "request(handoff, location, occurrence)");
+    return nullptr;
+  }
+  Handoff* native = as_handoff(args[0]);
+  if (native == nullptr) return nullptr;
+  const long location = PyLong_AsLong(args[1]);
+  const long long occurrence = PyLong_AsLongLong(args[2]);
+  if (PyErr_Occurred()) return nullptr;
+  return native->request(static_cast<int>(location), occurrence);
+}
+
+PyObject* waiting(PyObject*, PyObject* handoff) {
+  Handoff* native = as_handoff(handoff);
+  if (native == nullptr) return nullptr;
+  if (native->waiting_location() < 0) Py_RETURN_NONE;
+  return Py_BuildValue("(iL)", native->waiting_location(), static_cast<long long>(native->waiting_occurrence()));
 }
 
 PyMethodDef raw_functions[] = {
-    {"park", park, METH_O, "park(handoff): the body waits until the model side serves it a value."},
+    {"park", park, METH_O, "park(handoff): the body waits until the model side serves or resumes it."},
+    {"request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(request)), METH_FASTCALL,
+     "request(handoff, location, occurrence): the body waits for that value (OutOfOrderError if passed)."},
+    {"waiting", waiting, METH_O, "waiting(handoff): the (location, occurrence) the body is parked on, or None."},
     {nullptr, nullptr, 0, nullptr}};
 
 Outcome or_throw(Outcome outcome) {
@@ -158,7 +185,9 @@ PYBIND11_MODULE(_native, m) {
            [](Trace& t, py::object handoff, int64_t row_start, int64_t row_count) {
              auto* native = handoff.cast<Handoff*>();
              t.handoffs.push_back(handoff);
-             return t.state.add_mediator(MediatorSlot{native, row_start, row_count});
+             const int index = t.state.add_mediator(MediatorSlot{native, row_start, row_count});
+             native->attach(&t.state, index);
+             return index;
            })
       .def("activate",
            [](Trace& t) {
@@ -202,9 +231,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("set_current_mediator", [](py::object mediator) {
     set_current_mediator(mediator.is_none() ? nullptr : mediator.ptr());
   });
-  m.def("set_exception_types", [](py::object abort, py::object cancelled) {
+  m.def("set_exception_types", [](py::object abort, py::object cancelled, py::object out_of_order) {
     set_abort_type(abort.ptr());
-    set_cancelled_type(cancelled.ptr());
+    set_request_error_types(cancelled.ptr(), out_of_order.ptr());
   });
   m.def("mount_on_object", [](const std::string& name, py::object function) {
     if (!mount_on_object(name.c_str(), function.ptr())) throw py::error_already_set();

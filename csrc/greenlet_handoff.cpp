@@ -5,6 +5,9 @@
 #include <c10/util/Backtrace.h>
 #include <c10/util/Logging.h>
 
+#include <alloca.h>
+#include <pthread.h>
+
 #include <functional>
 
 #include "dispatcher.h"
@@ -28,6 +31,43 @@ struct ThreadView {
     tls_in_body = in_body;
   }
 };
+
+// Where a body's stack begins. A greenlet switch copies the part of the C stack the
+// other side will overwrite: a body started right below the model's frames would have
+// its stack saved and restored at every switch once the model runs deeper (≈0.07 µs
+// per nested module). A body that starts kBodyStackGap below this point lives where the
+// model's own frames never reach, so a switch copies (almost) nothing.
+constexpr size_t kBodyStackGap = 512 * 1024;
+
+// The free room on this thread's stack below the current frame (0 when unknown). The
+// stack's bounds are read once per thread (for the main thread glibc reads /proc).
+size_t stack_room() {
+  thread_local const char* low = [] {
+    pthread_attr_t attributes;
+    if (pthread_getattr_np(pthread_self(), &attributes) != 0) return static_cast<const char*>(nullptr);
+    void* bottom = nullptr;
+    size_t size = 0;
+    const bool known = pthread_attr_getstack(&attributes, &bottom, &size) == 0;
+    pthread_attr_destroy(&attributes);
+    return known ? static_cast<const char*>(bottom) : nullptr;
+  }();
+  const char here = 0;
+  if (low == nullptr || &here < low) return 0;
+  return static_cast<size_t>(&here - low);
+}
+
+// Switches into a new greenlet from kBodyStackGap further down the stack (when this
+// thread has room for it: at least four times that much), so its stack starts there.
+__attribute__((noinline)) PyObject* start_deeper(PyGreenlet* body) {
+  if (stack_room() >= 4 * kBodyStackGap) {
+    volatile char* gap = static_cast<volatile char*>(alloca(kBodyStackGap));
+    gap[0] = 0;
+    PyObject* result = PyGreenlet_Switch(body, nullptr, nullptr);
+    gap[0] = 1;  // keeps the gap alive across the call
+    return result;
+  }
+  return PyGreenlet_Switch(body, nullptr, nullptr);
+}
 
 }  // namespace
 
@@ -61,20 +101,20 @@ Outcome GreenletHandoff::start(PyObject* job) {
   Py_XSETREF(body_, reinterpret_cast<PyObject*>(body));
   caller_ = reinterpret_cast<PyObject*>(current);  // alive as the body's parent
   thread_ = PyThread_get_thread_ident();
-  return enter(false);
+  return enter_with(Entry::Start);
 }
 
 Outcome GreenletHandoff::serve(PyObject* value) {
   Py_XINCREF(value);
   Py_XSETREF(payload_, value);
-  const Outcome outcome = enter(false);
+  const Outcome outcome = enter_with(Entry::Resume);
   Py_CLEAR(payload_);
   return outcome;
 }
 
-Outcome GreenletHandoff::cancel() { return enter(true); }
+Outcome GreenletHandoff::cancel() { return enter_with(Entry::Cancel); }
 
-Outcome GreenletHandoff::enter(bool cancel) {
+Outcome GreenletHandoff::enter_with(Entry entry) {
   if (body_ == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "internal error: serving a body that has ended");
     return Outcome::Error;
@@ -95,8 +135,9 @@ Outcome GreenletHandoff::enter(bool cancel) {
   set_active_trace(nullptr);  // calls made by the body are not part of the trace
   tls_in_body = true;
   set_busy(true);
-  PyObject* result = cancel ? PyGreenlet_Throw(body, cancelled_type(), Py_None, Py_None)
-                            : PyGreenlet_Switch(body, nullptr, nullptr);
+  PyObject* result = entry == Entry::Cancel   ? PyGreenlet_Throw(body, cancelled_type(), Py_None, Py_None)
+                     : entry == Entry::Start ? start_deeper(body)
+                                             : PyGreenlet_Switch(body, nullptr, nullptr);
   model_view.restore();
 
   if (PyGreenlet_ACTIVE(body)) {  // parked again

@@ -27,7 +27,8 @@ class GreenletHandoff final : public Handoff {
   PyObject* park() override;
 
  private:
-  Outcome enter(bool cancel);
+  enum class Entry { Start, Resume, Cancel };
+  Outcome enter_with(Entry entry);
 
   PyObject* body_ = nullptr;    // the greenlet, owned until its job ends
   PyObject* caller_ = nullptr;  // the greenlet that switched in last (borrowed: the body's parent)

@@ -1,10 +1,14 @@
 #include "handoff.h"
 
 #include <atomic>
+#include <string>
+
+#include "dispatcher.h"
 
 namespace nnsight_fast {
 namespace {
 PyObject* g_cancelled_type = nullptr;
+PyObject* g_out_of_order_type = nullptr;
 thread_local PyObject* tls_current_mediator = nullptr;
 std::atomic<int> g_parked{0};
 }  // namespace
@@ -22,9 +26,32 @@ Handoff::~Handoff() {
   Py_CLEAR(skip_);
 }
 
-void set_cancelled_type(PyObject* type) {
-  Py_XINCREF(type);
-  Py_XSETREF(g_cancelled_type, type);
+void set_request_error_types(PyObject* cancelled, PyObject* out_of_order) {
+  Py_XINCREF(cancelled);
+  Py_XSETREF(g_cancelled_type, cancelled);
+  Py_XINCREF(out_of_order);
+  Py_XSETREF(g_out_of_order_type, out_of_order);
+}
+
+PyObject* Handoff::request(int location, int64_t occurrence) {
+  if (trace_ == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "internal error: a request from a body attached to no trace");
+    return nullptr;
+  }
+  if (trace_->visits(location) > occurrence && !trace_->serving(location, occurrence)) {
+    const std::string name = trace_->dispatcher()->name(location);
+    PyErr_Format(g_out_of_order_type ? g_out_of_order_type : PyExc_RuntimeError,
+                 "'%s.i%lld' was requested but the model already ran past it", name.c_str(),
+                 static_cast<long long>(occurrence));
+    return nullptr;
+  }
+  trace_->park(location, index_, occurrence);
+  waiting_location_ = location;
+  waiting_occurrence_ = occurrence;
+  PyObject* value = park();
+  waiting_location_ = -1;
+  waiting_occurrence_ = -1;
+  return value;
 }
 
 PyObject* cancelled_type() { return g_cancelled_type ? g_cancelled_type : PyExc_SystemExit; }

@@ -19,6 +19,8 @@
 
 namespace nnsight_fast {
 
+class TraceState;
+
 // Parked: the body asks for a value. Finished / Failed: the job returned False / True.
 // Error: the handoff itself failed, with a Python error set (e.g. a foreign thread).
 enum class Outcome : int { Parked = 0, Finished = 1, Failed = 2, Error = 3 };
@@ -48,6 +50,19 @@ class Handoff {
   // nullptr with `Cancelled` (or the error the model side threw) set.
   virtual PyObject* park() = 0;
 
+  // The body asks for occurrence `occurrence` of `location` of the trace it is attached
+  // to: parks there until the model serves it (new reference). nullptr with an error
+  // set: OutOfOrderError when the model already ran past it, or the park's error.
+  PyObject* request(int location, int64_t occurrence);
+  // The trace and mediator index this body is attached to (Trace.add_mediator).
+  void attach(TraceState* trace, int index) {
+    trace_ = trace;
+    index_ = index;
+  }
+  // The request the body is parked on, if any: (location, occurrence); location -1: none.
+  int waiting_location() const { return waiting_location_; }
+  int64_t waiting_occurrence() const { return waiting_occurrence_; }
+
   // Written by the body during its turn, taken by the model side (owned references).
   PyObject* take_swap() { return std::exchange(swap_, nullptr); }
   PyObject* take_skip() { return std::exchange(skip_, nullptr); }
@@ -67,12 +82,17 @@ class Handoff {
   bool busy_ = false;
 
  protected:
+  TraceState* trace_ = nullptr;
+  int index_ = -1;
+  int waiting_location_ = -1;
+  int64_t waiting_occurrence_ = -1;
   PyObject* swap_ = nullptr;
   PyObject* skip_ = nullptr;
 };
 
-// The exception a cancelled request raises in the body (set from Python).
-void set_cancelled_type(PyObject* type);
+// The exceptions a body's request raises (set from Python): when the trace ends before
+// it is served (Cancelled), and when the model already passed it (OutOfOrderError).
+void set_request_error_types(PyObject* cancelled, PyObject* out_of_order);
 PyObject* cancelled_type();
 
 // The mediator whose body runs now on this OS thread (borrowed; None-able via nullptr).

@@ -31,7 +31,7 @@ from .model import NNsight  # noqa: E402
 from .modeling.language_model import LanguageModel  # noqa: E402
 from .saving import save  # noqa: E402
 
-_native.set_exception_types(Abort, Cancelled)
+_native.set_exception_types(Abort, Cancelled, OutOfOrderError)
 
 from .tracing import backward as _backward  # noqa: E402
 

@@ -26,7 +26,7 @@ from .errors import Cancelled, OutOfOrderError
 from .workers import POOL
 
 current_mediator = _native.current_mediator
-_park = _native.park
+_park, _request, _waiting = _native.park, _native.request, _native.waiting
 
 
 class Owner(Protocol):
@@ -52,7 +52,6 @@ class Mediator:
         self._offsets: dict[str, int] = {}  # path -> calls further on (envoy.next())
         self.requests_made = 0
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
-        self.waiting: tuple[int, int] | None = None  # (location, occurrence) while parked on a request
         self.at_barrier = None  # the Barrier this body waits at
         self._nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
         self.history: dict = {}  # (location, occurrence) -> value served, for backward blocks
@@ -120,20 +119,21 @@ class Mediator:
         last_location, last_occurrence, value = self._last
         if location == last_location and occurrence == last_occurrence:
             return value
-        trace = self.native_trace
-        if trace.visits(location) > occurrence and not trace.serving(location, occurrence):
-            raise self.out_of_order(location, occurrence)
-        trace.park(location, self.index, occurrence)
         self.requests_made += 1
-        self.waiting = (location, occurrence)
         try:
-            value = self.park()
-        finally:
-            self.waiting = None
+            value = _request(self._handoff, location, occurrence)
+        except Cancelled:
+            if self._pending_error is not None:
+                raise self._pending_error from None
+            raise
         self._last = (location, occurrence, value)
-        if self.history is not None:
-            self.history[(location, occurrence)] = value
+        self.history[(location, occurrence)] = value
         return value
+
+    @property
+    def waiting(self) -> tuple[int, int] | None:
+        """The (location, occurrence) this body is parked on, None when it is not parked on a request."""
+        return _waiting(self._handoff)
 
     def park(self) -> Any:
         """Gives the turn to the model until it serves a value or resumes this body.
@@ -185,16 +185,18 @@ class Mediator:
         self._nested_sources[key] = source
 
 
-def _require_mediator(what: str) -> Mediator:
+def _require_mediator(path: str, what: str) -> Mediator:
     mediator = current_mediator()
     if mediator is None:
-        raise errors.outside_trace_error(what)
+        raise errors.outside_trace_error(f"{path}.{what}")
     return mediator
 
 
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
-    mediator = _require_mediator(f"{path}.{what}")
+    mediator = current_mediator()
+    if mediator is None:
+        raise errors.outside_trace_error(f"{path}.{what}")
     forward = mediator.backward_of
     if forward is not None:  # in a backward block: the value this invoke read in the forward pass
         key = (location, forward.occurrence_of(path))
@@ -208,16 +210,16 @@ def request(location: int, path: str, what: str) -> Any:
 
 
 def assign(location: int, path: str, what: str, value: Any) -> None:
-    mediator = _require_mediator(f"{path}.{what}")
+    mediator = _require_mediator(path, what)
     mediator.assign(location, mediator.occurrence_of(path), value)
 
 
 def skip(location: int, path: str, value: Any) -> None:
     """Skips the module whose input location is `location`: its output becomes `value`."""
-    mediator = _require_mediator(f"{path}.skip")
+    mediator = _require_mediator(path, "skip")
     mediator.skip(location, mediator.occurrence_of(path), value)
 
 
 def advance(path: str, step: int) -> None:
     """Moves the current invoke's view of the module at `path` `step` calls forward."""
-    _require_mediator(f"{path}.next").advance(path, step)
+    _require_mediator(path, "next").advance(path, step)

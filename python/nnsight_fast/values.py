@@ -14,6 +14,8 @@ from typing import Any
 
 from . import mediator as _mediator
 
+_request = _mediator.request
+
 
 def _first_input(inputs: tuple) -> Any:
     args, kwargs = inputs
@@ -38,6 +40,8 @@ class ValueAccess:
     path: str
     _input_location: int
     _output_location: int
+    #: True when `_prepare` must run before each access (a `.source` operation)
+    _prepares = False
 
     def _prepare(self, what: str) -> None:
         """Runs before each access in a trace body."""
@@ -45,8 +49,9 @@ class ValueAccess:
     @property
     def output(self) -> Any:
         """The output (in a trace)."""
-        self._prepare("output")
-        return _mediator.request(self._output_location, self.path, "output")
+        if self._prepares:
+            self._prepare("output")
+        return _request(self._output_location, self.path, "output")
 
     @output.setter
     def output(self, value: Any) -> None:

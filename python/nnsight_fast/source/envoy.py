@@ -95,6 +95,8 @@ class OperationEnvoy(ValueAccess):
     """One operation: `.output`, `.input`, `.inputs` (read and assigned), `.skip(value)`, `.next()`
     (values.py), and `.source` one level deeper."""
 
+    _prepares = True
+
     def __init__(self, source: SourceEnvoy, name: str):
         self._source, self.name = source, name
         self.path = f"{source._site.path}.{name}"
