@@ -15,7 +15,9 @@ PyObject* g_abort_type = nullptr;
 struct GateObject {
   PyObject_HEAD
   vectorcallfunc vectorcall;
-  PyObject* forward;         // Gate: the original forward; SourceOp: unused (the callee comes first)
+  PyObject* forward;         // Gate: the original forward when it is not a method of its module; else null
+  PyObject* function;        // Gate: the original forward's function when it is a method of its module ...
+  PyObject* module_ref;      // ... and a weak reference to that module (no module <-> Gate cycle)
   PyObject* owner;
   Dispatcher* dispatcher;
   int input_location;
@@ -31,6 +33,47 @@ struct GateObject {
 inline TraceState* trace_of_other_thread(Dispatcher* dispatcher) {
   if (!dispatcher->threaded() || current_mediator() != nullptr) return nullptr;
   return dispatcher->trace_for_other_thread();
+}
+
+// The Gate's original forward as a callable (new reference).
+PyObject* gate_forward(GateObject* self) {
+  if (self->function == nullptr) return Py_NewRef(self->forward ? self->forward : Py_None);
+  PyObject* module = PyWeakref_GetObject(self->module_ref);
+  if (module == Py_None) {
+    PyErr_SetString(PyExc_ReferenceError, "the module of this forward no longer exists");
+    return nullptr;
+  }
+  return PyMethod_New(self->function, module);
+}
+
+// Calls the original forward with a vectorcall argument vector.
+PyObject* call_original(GateObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  if (self->function == nullptr) return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+  PyObject* module = PyWeakref_GetObject(self->module_ref);
+  if (module == Py_None) {
+    PyErr_SetString(PyExc_ReferenceError, "the module of this forward no longer exists");
+    return nullptr;
+  }
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  const Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  if (nargsf & PY_VECTORCALL_ARGUMENTS_OFFSET) {  // the slot before args[0] is ours to use
+    PyObject** shifted = const_cast<PyObject**>(args) - 1;
+    PyObject* saved = shifted[0];
+    shifted[0] = module;
+    PyObject* result = PyObject_Vectorcall(self->function, shifted, static_cast<size_t>(nargs + 1), kwnames);
+    shifted[0] = saved;
+    return result;
+  }
+  PyObject* small[16];
+  std::vector<PyObject*> large;
+  PyObject** with_self = small;
+  if (total + 1 > 16) {
+    large.resize(static_cast<size_t>(total + 1));
+    with_self = large.data();
+  }
+  with_self[0] = module;
+  for (Py_ssize_t i = 0; i < total; ++i) with_self[i + 1] = args[i];
+  return PyObject_Vectorcall(self->function, with_self, static_cast<size_t>(nargs + 1), kwnames);
 }
 
 // (args, kwargs) from a vectorcall argument vector.
@@ -122,13 +165,20 @@ PyObject* gate_traced(GateObject* self, PyObject* forward, TraceState* trace, Py
     PyObject* served = serve_location(trace, self->input_location, in_occurrence, inputs, &skips);
     Py_DECREF(inputs);
     if (served == nullptr) return nullptr;
-    result = skips.empty() ? call_with_inputs(forward, served) : apply_skips(forward, trace, served, skips);
+    PyObject* callable = forward != nullptr ? Py_NewRef(forward) : gate_forward(self);
+    if (callable == nullptr) {
+      Py_DECREF(served);
+      return nullptr;
+    }
+    result = skips.empty() ? call_with_inputs(callable, served) : apply_skips(callable, trace, served, skips);
+    Py_DECREF(callable);
     Py_DECREF(served);
   } else if (forward == Py_None && PyVectorcall_NARGS(nargsf) == 1) {
     result = args[0];  // an assignment operation: its "call" passes the value through
     Py_INCREF(result);
   } else {
-    result = PyObject_Vectorcall(forward, args, nargsf, kwnames);
+    result = forward != nullptr ? PyObject_Vectorcall(forward, args, nargsf, kwnames)
+                                : call_original(self, args, nargsf, kwnames);
   }
   if (result == nullptr) return nullptr;
   if (self->dispatcher->has_hooks()) {
@@ -156,10 +206,12 @@ PyObject* gate_hooked(GateObject* self, PyObject* const* args, size_t nargsf, Py
     PyObject* inputs = pack_inputs(args, nargsf, kwnames);
     if (inputs != nullptr) Py_SETREF(inputs, PyObject_CallOneArg(in_hook, inputs));
     if (inputs == nullptr) return nullptr;
-    result = call_with_inputs(self->forward, inputs);
+    PyObject* callable = gate_forward(self);
+    result = callable != nullptr ? call_with_inputs(callable, inputs) : nullptr;
+    Py_XDECREF(callable);
     Py_DECREF(inputs);
   } else {
-    result = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+    result = call_original(self, args, nargsf, kwnames);
   }
   if (result != nullptr && out_hook != nullptr) Py_SETREF(result, PyObject_CallOneArg(out_hook, result));
   return result;
@@ -172,11 +224,12 @@ PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t narg
     trace = trace_of_other_thread(self->dispatcher);
     if (trace == nullptr) {
       if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
-      return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+      return call_original(self, args, nargsf, kwnames);
     }
   }
+  // nullptr: the Gate's own forward
   PyObject* forward = self->source_forward != nullptr && trace->wanted(self->source_location) ? self->source_forward
-                                                                                              : self->forward;
+                                                                                              : nullptr;
   return gate_traced(self, forward, trace, args, nargsf, kwnames);
 }
 
@@ -211,6 +264,8 @@ PyObject* source_op_vectorcall(PyObject* callable, PyObject* const* args, size_t
 int gate_traverse(PyObject* self, visitproc visit, void* arg) {
   auto* gate = reinterpret_cast<GateObject*>(self);
   Py_VISIT(gate->forward);
+  Py_VISIT(gate->function);
+  Py_VISIT(gate->module_ref);
   Py_VISIT(gate->owner);
   Py_VISIT(gate->source_forward);
   return 0;
@@ -219,6 +274,8 @@ int gate_traverse(PyObject* self, visitproc visit, void* arg) {
 int gate_clear(PyObject* self) {
   auto* gate = reinterpret_cast<GateObject*>(self);
   Py_CLEAR(gate->forward);
+  Py_CLEAR(gate->function);
+  Py_CLEAR(gate->module_ref);
   Py_CLEAR(gate->owner);
   Py_CLEAR(gate->source_forward);
   return 0;
@@ -231,8 +288,11 @@ void gate_dealloc(PyObject* self) {
 }
 
 PyObject* gate_repr(PyObject* self) {
-  auto* gate = reinterpret_cast<GateObject*>(self);
-  return PyUnicode_FromFormat("<nnsight_fast Gate over %R>", gate->forward);
+  PyObject* forward = gate_forward(reinterpret_cast<GateObject*>(self));
+  if (forward == nullptr) return nullptr;
+  PyObject* text = PyUnicode_FromFormat("<nnsight_fast Gate over %R>", forward);
+  Py_DECREF(forward);
+  return text;
 }
 
 // A Gate stands in for a bound method: expose what callers look for on one.
@@ -240,7 +300,11 @@ PyObject* gate_getattro(PyObject* self, PyObject* name) {
   PyObject* found = PyObject_GenericGetAttr(self, name);
   if (found != nullptr || !PyErr_ExceptionMatches(PyExc_AttributeError)) return found;
   PyErr_Clear();
-  return PyObject_GetAttr(reinterpret_cast<GateObject*>(self)->forward, name);
+  PyObject* forward = gate_forward(reinterpret_cast<GateObject*>(self));
+  if (forward == nullptr) return nullptr;
+  found = PyObject_GetAttr(forward, name);
+  Py_DECREF(forward);
+  return found;
 }
 
 // Copying or pickling a wrapped module copies its original forward, not the Gate
@@ -251,8 +315,12 @@ PyObject* gate_reduce(PyObject* self, PyObject*) {
   PyObject* restore = PyObject_GetAttrString(module, "restore_forward");
   Py_DECREF(module);
   if (restore == nullptr) return nullptr;
-  PyObject* forward = reinterpret_cast<GateObject*>(self)->forward;
-  return Py_BuildValue("(N(O))", restore, forward ? forward : Py_None);
+  PyObject* forward = gate_forward(reinterpret_cast<GateObject*>(self));
+  if (forward == nullptr) {
+    Py_DECREF(restore);
+    return nullptr;
+  }
+  return Py_BuildValue("(N(N))", restore, forward);
 }
 
 PyObject* gate_reduce_ex(PyObject* self, PyObject*) { return gate_reduce(self, nullptr); }
@@ -262,9 +330,14 @@ PyMethodDef gate_methods[] = {
     {"__reduce_ex__", gate_reduce_ex, METH_O, "copy/pickle as the original forward"},
     {nullptr, nullptr, 0, nullptr}};
 
+PyObject* gate_get_forward(PyObject* self, void*) { return gate_forward(reinterpret_cast<GateObject*>(self)); }
+
+PyGetSetDef gate_getset[] = {
+    {"forward", gate_get_forward, nullptr, "the original forward", nullptr},
+    {"__wrapped__", gate_get_forward, nullptr, "for inspect.signature", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
 PyMemberDef gate_members[] = {
-    {"forward", T_OBJECT, offsetof(GateObject, forward), READONLY, "the original forward"},
-    {"__wrapped__", T_OBJECT, offsetof(GateObject, forward), READONLY, "for inspect.signature"},
     {"input_location", T_INT, offsetof(GateObject, input_location), READONLY, "location id of the input"},
     {"output_location", T_INT, offsetof(GateObject, output_location), READONLY, "location id of the output"},
     {nullptr, 0, 0, 0, nullptr}};
@@ -277,8 +350,21 @@ GateObject* alloc_gate(PyTypeObject* type, vectorcallfunc call, PyObject* forwar
   auto* gate = PyObject_GC_New(GateObject, type);
   if (gate == nullptr) return nullptr;
   gate->vectorcall = call;
-  Py_XINCREF(forward);
-  gate->forward = forward;
+  gate->forward = nullptr;
+  gate->function = nullptr;
+  gate->module_ref = nullptr;
+  // A method of a module: keep its function and a weak reference to the module, so the
+  // module (which holds this Gate in its __dict__) is freed by reference counting.
+  PyObject* module_ref = forward != nullptr && PyMethod_Check(forward)
+                             ? PyWeakref_NewRef(PyMethod_GET_SELF(forward), nullptr)
+                             : nullptr;
+  if (module_ref != nullptr) {
+    gate->function = Py_NewRef(PyMethod_GET_FUNCTION(forward));
+    gate->module_ref = module_ref;
+  } else {
+    PyErr_Clear();
+    gate->forward = Py_XNewRef(forward);
+  }
   Py_INCREF(owner);
   gate->owner = owner;
   gate->dispatcher = dispatcher;
@@ -322,6 +408,7 @@ bool add_gate_type(PyObject* module) {
   GateType.tp_repr = gate_repr;
   GateType.tp_getattro = gate_getattro;
   GateType.tp_members = gate_members;
+  GateType.tp_getset = gate_getset;
   GateType.tp_methods = gate_methods;
   fill_callable_type(SourceOpType, "nnsight_fast._native.SourceOp",
                      "One operation of a forward rewritten for `.source`: op(callee, *args, **kwargs).");

@@ -15,6 +15,7 @@ Attributes that are not child modules fall through to the module (`model.layer1.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -31,11 +32,19 @@ class Envoy(ValueAccess):
     OVERLOAD_PREFIX = "E_"
 
     def __init__(self, module: torch.nn.Module, path: str, root: "NNsight | None" = None):
+        # A child holds its root weakly: the tree has no reference cycle, so a wrapped model
+        # is freed as soon as the user drops it.
+        self.__dict__.update(_module=module, path=path, _root_ref=None if root is None else weakref.ref(root),
+                             _children={})
         root = self if root is None else root
-        self.__dict__.update(_module=module, path=path, _root=root, _children={})
         self._input_location, self._output_location = root._gate_module(module, path)
         for name, child in module.named_children():
             self._add_child(name, child)
+
+    @property
+    def _root(self) -> "NNsight":
+        ref = self.__dict__["_root_ref"]
+        return self if ref is None else ref()
 
     def _add_child(self, name: str, module: torch.nn.Module) -> "Envoy":
         path = f"{self.path}.{name}"

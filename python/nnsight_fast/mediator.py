@@ -150,6 +150,15 @@ class Mediator:
         name = self.native_trace.name(location)
         return OutOfOrderError(f"'{name}.i{occurrence}' was requested but the model already ran past it")
 
+    def never_reached(self, location: int, occurrence: int) -> OutOfOrderError:
+        """The run ended with this body still waiting at (location, occurrence)."""
+        name, visits = self.native_trace.name(location), self.native_trace.visits(location)
+        return OutOfOrderError(
+            f"'{name}.i{occurrence}' was never reached: the run reached `{name}` {visits} time(s). If the model "
+            "calls that module on another OS thread (a thread pool), wrap it with `NNsight(module, "
+            "threaded=True)`"
+        )
+
     def assign(self, location: int, occurrence: int, value: Any) -> None:
         self.request(location, occurrence)
         self._last = (location, occurrence, value)

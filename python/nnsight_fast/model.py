@@ -7,6 +7,8 @@
         out = model.output.save()
     model(torch.rand(1, 5))        # outside a trace: the plain module, at full speed
 
+`NNsight(net, threaded=True)` for a model that calls modules from a thread pool.
+
 Wrapping installs a native Gate as each module's `forward` (an instance attribute);
 it calls the original forward directly unless this thread is tracing this model.
 A subclass defines how several invokes' inputs form one batch (`_batch_inputs`);
@@ -29,14 +31,27 @@ if TYPE_CHECKING:
 
 
 class NNsight(Envoy):
-    def __init__(self, module: torch.nn.Module, rename: dict | None = None, envoys: Any = None):
+    def __init__(self, module: torch.nn.Module, rename: dict | None = None, envoys: Any = None,
+                 threaded: bool = False):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
         self.__dict__.update(_dispatcher=_native.Dispatcher(), _gated={}, _source_sites={},
                              _naming=Naming(rename, envoys), _default_edits=[])
+        self._dispatcher.threaded = threaded
         super().__init__(module, "model", None)
         self.__dict__["_result_location"] = self._dispatcher.intern("result")
         self._naming.mount(self)
+
+    @property
+    def threaded(self) -> bool:
+        """True when the model runs some modules on other OS threads (a thread pool in its
+        forward): bodies then run on worker threads, which any thread can serve, and module
+        calls made on threads that run no trace join this model's running trace."""
+        return self._dispatcher.threaded
+
+    @threaded.setter
+    def threaded(self, value: bool) -> None:
+        self._dispatcher.threaded = bool(value)
 
     def _envoy_class_for(self, module: torch.nn.Module, path: str) -> type:
         return self._naming.envoy_class(module, path)

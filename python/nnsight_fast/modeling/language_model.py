@@ -47,7 +47,7 @@ class LanguageModel(NNsight):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         automodel = automodel or AutoModelForCausalLM
-        naming = {k: from_pretrained_kwargs.pop(k) for k in ("rename", "envoys") if k in from_pretrained_kwargs}
+        naming = {k: from_pretrained_kwargs.pop(k) for k in ("rename", "envoys", "threaded") if k in from_pretrained_kwargs}
         if isinstance(repo_or_folder, torch.nn.Module):
             module, self.__dict__["repo_id"] = repo_or_folder, getattr(repo_or_folder.config, "_name_or_path", None)
             dispatched = True

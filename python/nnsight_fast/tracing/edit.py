@@ -61,6 +61,7 @@ def edited_copy(model: "NNsight") -> "NNsight":
     """A second handle on the same model (same modules and gates) with its own edits."""
     twin = copy.copy(model)
     twin.__dict__["_default_edits"] = list(model._default_edits)
+    twin.__dict__["_original"] = model  # the tree's Envoys hold their root (the original) weakly
     return twin
 
 

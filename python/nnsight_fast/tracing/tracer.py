@@ -17,6 +17,7 @@ a traceback that ends at the user's line; after any error the model is clean.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,7 @@ class Tracer(CapturedBlock):
                 namespace = mediator.finish()
                 if namespace is not None:
                     self._namespaces.append(namespace)
+            _raise_late_interrupt(mediators)
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
         model = self.model
@@ -270,7 +272,7 @@ class Tracer(CapturedBlock):
         self._end_loops()
         for mediator in self.mediators:
             while mediator.busy and mediator.waiting is not None:
-                mediator.cancel(mediator.out_of_order(*mediator.waiting))
+                mediator.cancel(mediator.never_reached(*mediator.waiting))
             if mediator.busy and mediator.at_barrier is not None:
                 mediator.cancel(ValueError(mediator.at_barrier.missing_message()))
 
@@ -286,3 +288,12 @@ class Tracer(CapturedBlock):
         self._namespaces.clear()
         self._saved = {}
         write_back(frame, values)
+
+
+def _raise_late_interrupt(mediators: list) -> None:
+    """A Ctrl-C that reached a body while the trace was ending (its error was stored, not
+    raised) surfaces here, unless it is already on its way out."""
+    propagating = sys.exc_info()[1]
+    for mediator in mediators:
+        if isinstance(mediator.error, KeyboardInterrupt) and mediator.error is not propagating:
+            raise mediator.error
