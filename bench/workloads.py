@@ -61,12 +61,13 @@ def run(lib_name: str, repeats: int) -> dict:
     x = torch.randn(4, 16)
     results: dict[str, dict] = {}
 
-    def record(name, inner=1, **variants):
-        """Times the variants round-robin, so drift of the machine hits all of them alike."""
+    def record(name, inner=1, per=1, **variants):
+        """Times the variants round-robin, so drift of the machine hits all of them alike
+        (`per`: report per step of a run that makes that many)."""
         if inner > 1:
             variants = {k: (lambda f=f: [f() for _ in range(inner)]) for k, f in variants.items()}
         timings = timing.interleaved_medians(variants, repeats, warmup=20, label=name)
-        timings = {k: v / inner for k, v in timings.items()}
+        timings = {k: v / inner / per for k, v in timings.items()}
         results[name] = {k: v * 1e6 for k, v in timings.items()}  # microseconds
         print(f"  {name:<28} " + "  ".join(f"{k}={v * 1e6:8.1f}µs" for k, v in timings.items()), file=sys.stderr)
 
@@ -128,6 +129,8 @@ def run(lib_name: str, repeats: int) -> dict:
             record(f"stack{n}_save_last", bare=bare, hooks=hook_last, lib=save_last)
             record(f"stack{n}_untraced", bare=bare, lib=lambda: model(x))
 
+        step_loop_rows(lib, record, torch.randn(2, 16))
+
     if lib_name == "nnsight_fast":
         results["handoff_round_trip"] = {"lib": handoff_round_trip(repeats) * 1e6}
         print(f"  handoff_round_trip           lib={results['handoff_round_trip']['lib']:8.2f}µs", file=sys.stderr)
@@ -135,28 +138,70 @@ def run(lib_name: str, repeats: int) -> dict:
 
 
 def handoff_round_trip(repeats: int) -> float:
-    """One model ⇄ mediator handoff: the model serves a value, the worker parks again."""
-    from nnsight_fast.workers import POOL
+    """One model ⇄ body handoff (greenlet switch there and back): the model serves a value, the body parks again."""
+    from nnsight_fast import _native
 
     rounds = 2000
-    worker = POOL.acquire()
-    channel = worker.channel
+    handoff = _native.GreenletHandoff()
 
     def job():
         for _ in range(rounds + 1):
-            channel.park()
+            _native.park(handoff)
         return False
 
     samples = []
     for _ in range(max(3, repeats // 100)):
-        channel.start(job)
+        handoff.start(job)
         start = time.perf_counter()
         for _ in range(rounds):
-            channel.serve(None)
+            handoff.serve(None)
         samples.append((time.perf_counter() - start) / rounds)
-        channel.serve(None)  # lets the job finish
-    POOL.release(worker)
+        handoff.serve(None)  # lets the job finish
     return sorted(samples)[len(samples) // 2]
+
+
+class StepLoop(torch.nn.Module):
+    """A forward that runs a pair of Linears 64 times with some Python between the steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(16, 16)
+        self.b = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        for _ in range(64):
+            x = self.b(self.a(x))
+            total = 0
+            for j in range(30):
+                total += j
+            x = torch.tanh(x)
+        return x
+
+
+def step_loop_rows(lib, record, x) -> None:
+    """loop64_two_requests: each step the body edits `a`'s output and saves `b`'s (reported per step)."""
+    torch.manual_seed(0)
+    bare_net = StepLoop()
+    model = lib.NNsight(StepLoop())
+
+    def traced():
+        with model.trace(x):
+            outs = []
+            for _ in range(64):
+                model.a.output.mul_(0.5)
+                outs.append(model.b.output.save())
+                model.a.next()
+                model.b.next()
+
+    def hooked():
+        outs = []
+        handles = [bare_net.a.register_forward_hook(lambda m, a, o: o.mul_(0.5)),
+                   bare_net.b.register_forward_hook(lambda m, a, o: outs.append(o))]
+        bare_net(x)
+        for h in handles:
+            h.remove()
+
+    record("loop64_two_requests", per=64, bare=lambda: bare_net(x), hooks=hooked, lib=traced)
 
 
 if __name__ == "__main__":
@@ -164,7 +209,10 @@ if __name__ == "__main__":
     parser.add_argument("--lib", default="nnsight_fast")
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     arguments = parser.parse_args()
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
     lib_module = importlib.import_module(arguments.lib)
     version = getattr(lib_module, "__version__", "")
     print(f"{arguments.lib} {version} (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=sys.stderr)
