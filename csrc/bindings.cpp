@@ -151,10 +151,6 @@ PYBIND11_MODULE(_native, m) {
       .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
       .def("name", [](Trace& t, int location) { return t.state.dispatcher()->name(location); })
-      .def("wanted", [](Trace& t, int location) { return t.state.wanted(location); })
-      .def("park", [](Trace& t, int location, int mediator, int64_t occurrence) {
-        t.state.park(location, mediator, occurrence);
-      })
       .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
       .def("parked", [](Trace& t) { return t.state.parked(); })
       .def("observe", [](Trace& t, int location) { t.state.observe(location); },
@@ -174,7 +170,6 @@ PYBIND11_MODULE(_native, m) {
             t.state.add_observer(location, t.observers.back().get());
           },
           "Appends a copy of every value `location` takes (after edits) to `sink`.")
-      .def("serving", [](Trace& t, int location, int64_t occurrence) { return t.state.serving(location, occurrence); })
       .def("release", [](Trace& t, int mediator) { t.state.release(mediator); })
       .def("resume_released",
            [](Trace& t) {

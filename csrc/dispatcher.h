@@ -125,15 +125,6 @@ class TraceState {
     return true;
   }
 
-  // Calls f(mediator) for each mediator parked at (location, occurrence).
-  template <typename F>
-  void for_each_parked(int location, int64_t occurrence, F&& f) const {
-    auto it = parked_.find(location);
-    if (it == parked_.end()) return;
-    for (const auto& r : it->second)
-      if (r.occurrence == occurrence) f(r.mediator);
-  }
-
   // Marks `location` wanted for the rest of this trace, with no parked request.
   void observe(int location) {
     if (static_cast<size_t>(location) >= wanted_.size()) grow(location);

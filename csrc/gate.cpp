@@ -35,25 +35,26 @@ inline TraceState* trace_of_other_thread(Dispatcher* dispatcher) {
   return dispatcher->trace_for_other_thread();
 }
 
+// The module a split Gate's forward is bound to (borrowed), or nullptr with an error set.
+PyObject* gate_module(GateObject* self) {
+  PyObject* module = PyWeakref_GetObject(self->module_ref);
+  if (module != Py_None) return module;
+  PyErr_SetString(PyExc_ReferenceError, "the module of this forward no longer exists");
+  return nullptr;
+}
+
 // The Gate's original forward as a callable (new reference).
 PyObject* gate_forward(GateObject* self) {
   if (self->function == nullptr) return Py_NewRef(self->forward ? self->forward : Py_None);
-  PyObject* module = PyWeakref_GetObject(self->module_ref);
-  if (module == Py_None) {
-    PyErr_SetString(PyExc_ReferenceError, "the module of this forward no longer exists");
-    return nullptr;
-  }
-  return PyMethod_New(self->function, module);
+  PyObject* module = gate_module(self);
+  return module != nullptr ? PyMethod_New(self->function, module) : nullptr;
 }
 
 // Calls the original forward with a vectorcall argument vector.
 PyObject* call_original(GateObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   if (self->function == nullptr) return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
-  PyObject* module = PyWeakref_GetObject(self->module_ref);
-  if (module == Py_None) {
-    PyErr_SetString(PyExc_ReferenceError, "the module of this forward no longer exists");
-    return nullptr;
-  }
+  PyObject* module = gate_module(self);
+  if (module == nullptr) return nullptr;
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   const Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
   if (nargsf & PY_VECTORCALL_ARGUMENTS_OFFSET) {  // the slot before args[0] is ours to use

@@ -92,7 +92,6 @@ class Mediator:
             namespace, self._namespace = self._namespace, None
             self.history.clear()
             self._nested_sources.clear()
-            self._last = (-1, -1, None)
             self._body = None
         return namespace if self.collects else None
 
@@ -123,8 +122,7 @@ class Mediator:
         try:
             value = _request(self._handoff, location, occurrence)
         except Cancelled:
-            if self._pending_error is not None:
-                raise self._pending_error from None
+            self._raise_pending_error()
             raise
         self._last = (location, occurrence, value)
         self.history[(location, occurrence)] = value
@@ -142,13 +140,13 @@ class Mediator:
         try:
             return _park(self._handoff)
         except Cancelled:
-            if self._pending_error is not None:
-                raise self._pending_error from None
+            self._raise_pending_error()
             raise
 
-    def out_of_order(self, location: int, occurrence: int) -> OutOfOrderError:
-        name = self.native_trace.name(location)
-        return OutOfOrderError(f"'{name}.i{occurrence}' was requested but the model already ran past it")
+    def _raise_pending_error(self) -> None:
+        """A wait was cancelled: raise the error the model side chose instead, if any."""
+        if self._pending_error is not None:
+            raise self._pending_error from None
 
     def never_reached(self, location: int, occurrence: int) -> OutOfOrderError:
         """The run ended with this body still waiting at (location, occurrence)."""
@@ -203,9 +201,7 @@ def _require_mediator(path: str, what: str) -> Mediator:
 
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
-    mediator = current_mediator()
-    if mediator is None:
-        raise errors.outside_trace_error(f"{path}.{what}")
+    mediator = _require_mediator(path, what)
     forward = mediator.backward_of
     if forward is not None:  # in a backward block: the value this invoke read in the forward pass
         key = (location, forward.occurrence_of(path))

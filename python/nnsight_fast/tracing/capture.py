@@ -26,7 +26,6 @@ import copy
 import ctypes
 import linecache
 import sys
-import threading
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -151,7 +150,7 @@ class BodyCapture:
         )
         function_code = site.compiled.get((parameters, late))
         if function_code is None:
-            function_code = _ast_work(lambda: site.compile(parameters, late))
+            function_code = site.compile(parameters, late)
             site.compiled[(parameters, late)] = function_code
         function = types.FunctionType(function_code, frame.f_globals, "<traced block>")
         arguments = tuple(names[name] for name in parameters) + (None,) * len(late)
@@ -242,27 +241,11 @@ class _Site:
 
 
 _sites: dict[tuple, _Site] = {}
-# CPython 3.11's AST conversion keeps its recursion depth per interpreter, not per thread:
-# two threads parsing at once (ours, or anyone's: traceback formatting parses too) can fail
-# with "AST constructor recursion depth mismatch". Ours take a lock, and retry that failure.
-_ast_lock = threading.Lock()
-
-
-def _ast_work(work: Callable[[], Any]) -> Any:
-    for attempt in range(5):
-        try:
-            with _ast_lock:
-                return work()
-        except SystemError as error:
-            if "recursion depth mismatch" not in str(error) or attempt == 4:
-                raise
-
-
 def _site(filename: str, line: int, code: types.CodeType) -> _Site:
     key = (filename, line, code)
     site = _sites.get(key)
     if site is None:
-        site = _ast_work(lambda: _find_site(filename, line))
+        site = _find_site(filename, line)
         _sites[key] = site
     return site
 
