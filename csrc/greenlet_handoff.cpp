@@ -56,17 +56,118 @@ size_t stack_room() {
   return static_cast<size_t>(&here - low);
 }
 
-// Switches into a new greenlet from kBodyStackGap further down the stack (when this
+// Bodies run in "runner" greenlets that stay alive between traces: each runner loops
+// `result = job(); job = parent.switch((kEnded, result))`. A new greenlet costs a fresh
+// CPython data stack (an mmap, page faults, an munmap: ~15 µs), a parked runner none.
+// Idle runners wait in a per-thread list (the thread state's dict, so they die with the
+// thread), with the stack address they start at.
+constexpr Py_ssize_t kIdleRunners = 8;
+constexpr const char* kRunnersKey = "nnsight_fast.idle_runners";
+PyObject* g_ended = nullptr;  // marks the switch a runner makes when its job returned
+thread_local bool tls_killing = false;  // a parked body is being dropped: its runner ends with the job
+
+thread_local PyObject* tls_next_job = nullptr;  // borrowed: the job start() hands to a runner
+
+// A runner's body: takes each job from tls_next_job (not from the switch's arguments,
+// which the greenlet would keep alive for the runner's whole life).
+PyObject* runner_run(PyObject*, PyObject*) {
+  for (;;) {
+    PyObject* job = std::exchange(tls_next_job, nullptr);
+    if (job == nullptr) {
+      PyErr_SetString(PyExc_RuntimeError, "internal error: a runner switched into without a job");
+      return nullptr;
+    }
+    PyObject* result = PyObject_CallNoArgs(job);
+    if (result == nullptr || tls_killing) return result;
+    PyGreenlet* self = PyGreenlet_GetCurrent();
+    PyGreenlet* parent = self != nullptr ? PyGreenlet_GetParent(self) : nullptr;
+    Py_XDECREF(self);
+    PyObject* ended = parent != nullptr ? PyTuple_Pack(2, g_ended, result) : nullptr;
+    Py_DECREF(result);
+    if (ended == nullptr) {
+      Py_XDECREF(parent);
+      return nullptr;
+    }
+    PyObject* next = PyGreenlet_Switch(parent, ended, nullptr);  // back with the next job, or GreenletExit
+    Py_DECREF(parent);
+    Py_DECREF(ended);
+    if (next == nullptr) return nullptr;
+    Py_DECREF(next);
+  }
+}
+
+PyMethodDef runner_def = {"nnsight_fast_runner", runner_run, METH_NOARGS, nullptr};
+PyObject* g_runner_function = nullptr;
+
+PyObject* idle_runners() {  // borrowed; nullptr with an error set
+  PyObject* state = PyThreadState_GetDict();
+  if (state == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "internal error: no thread state dict");
+    return nullptr;
+  }
+  PyObject* runners = PyDict_GetItemString(state, kRunnersKey);
+  if (runners != nullptr) return runners;
+  runners = PyList_New(0);
+  if (runners == nullptr || PyDict_SetItemString(state, kRunnersKey, runners) < 0) {
+    Py_XDECREF(runners);
+    return nullptr;
+  }
+  Py_DECREF(runners);
+  return runners;
+}
+
+// An idle runner whose stack starts at least kBodyStackGap / 2 below this frame (new
+// reference with its stack address in *top), or nullptr (no error) when none fits.
+__attribute__((noinline)) PyObject* take_runner(uintptr_t* top) {
+  PyObject* runners = idle_runners();
+  if (runners == nullptr) return nullptr;
+  const char here = 0;
+  const auto limit = reinterpret_cast<uintptr_t>(&here) - kBodyStackGap / 2;
+  for (Py_ssize_t i = PyList_GET_SIZE(runners) - 1; i >= 0; --i) {
+    PyObject* entry = PyList_GET_ITEM(runners, i);  // (runner, top)
+    const auto start = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 1)));
+    if (start > limit) continue;  // this frame is too close: the model's stack would overlap it
+    PyObject* runner = Py_NewRef(PyTuple_GET_ITEM(entry, 0));
+    *top = start;
+    if (PySequence_DelItem(runners, i) < 0) {
+      Py_DECREF(runner);
+      return nullptr;
+    }
+    return runner;
+  }
+  return nullptr;
+}
+
+void keep_runner(PyObject* runner, uintptr_t top) {
+  PyObject* runners = idle_runners();
+  if (runners == nullptr || PyList_GET_SIZE(runners) >= kIdleRunners) {
+    PyErr_Clear();
+    return;
+  }
+  PyObject* entry = Py_BuildValue("(OK)", runner, static_cast<unsigned long long>(top));
+  if (entry == nullptr || PyList_Append(runners, entry) < 0) PyErr_Clear();
+  Py_XDECREF(entry);
+}
+
+// Switches into a new runner from kBodyStackGap further down the stack (when this
 // thread has room for it: at least four times that much), so its stack starts there.
-__attribute__((noinline)) PyObject* start_deeper(PyGreenlet* body) {
+__attribute__((noinline)) PyObject* start_deeper(PyGreenlet* body, uintptr_t* top) {
   if (stack_room() >= 4 * kBodyStackGap) {
     volatile char* gap = static_cast<volatile char*>(alloca(kBodyStackGap));
     gap[0] = 0;
+    *top = reinterpret_cast<uintptr_t>(gap);
     PyObject* result = PyGreenlet_Switch(body, nullptr, nullptr);
     gap[0] = 1;  // keeps the gap alive across the call
     return result;
   }
+  const char here = 0;
+  *top = reinterpret_cast<uintptr_t>(&here);
   return PyGreenlet_Switch(body, nullptr, nullptr);
+}
+
+bool job_ended(PyObject* result) {
+  return result != nullptr && PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 2 &&
+         PyTuple_GET_ITEM(result, 0) == g_ended;
 }
 
 }  // namespace
@@ -74,6 +175,9 @@ __attribute__((noinline)) PyObject* start_deeper(PyGreenlet* body) {
 bool init_greenlet_handoff() {
   PyGreenlet_Import();
   if (_PyGreenlet_API == nullptr) return false;
+  g_ended = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
+  g_runner_function = PyCFunction_New(&runner_def, nullptr);
+  if (g_ended == nullptr || g_runner_function == nullptr) return false;
   c10::SetStackTraceFetcher(std::function<c10::Backtrace()>([]() -> c10::Backtrace {
     if (tls_in_body) return nullptr;  // glibc backtrace() may walk off a greenlet's stack
     return c10::get_lazy_backtrace(/*frames_to_skip=*/2);
@@ -82,7 +186,11 @@ bool init_greenlet_handoff() {
 }
 
 GreenletHandoff::~GreenletHandoff() {
-  Py_CLEAR(body_);  // a body still parked gets GreenletExit and unwinds
+  if (body_ != nullptr) {  // a body still parked gets GreenletExit and unwinds; its runner ends
+    const bool killing = std::exchange(tls_killing, true);
+    Py_CLEAR(body_);
+    tls_killing = killing;
+  }
   Py_CLEAR(payload_);
 }
 
@@ -95,13 +203,21 @@ Outcome GreenletHandoff::start(PyObject* job) {
   }
   PyGreenlet* current = PyGreenlet_GetCurrent();
   if (current == nullptr) return Outcome::Error;
-  PyGreenlet* body = PyGreenlet_New(job, current);
+  PyObject* runner = take_runner(&top_);
+  if (runner != nullptr && PyGreenlet_SetParent(as_greenlet(runner), current) < 0) Py_CLEAR(runner);
+  if (runner == nullptr && !PyErr_Occurred()) {
+    runner = reinterpret_cast<PyObject*>(PyGreenlet_New(g_runner_function, current));
+    top_ = 0;  // set by start_deeper
+  }
   Py_DECREF(current);
-  if (body == nullptr) return Outcome::Error;
-  Py_XSETREF(body_, reinterpret_cast<PyObject*>(body));
+  if (runner == nullptr) return Outcome::Error;
+  Py_XSETREF(body_, runner);
   caller_ = reinterpret_cast<PyObject*>(current);  // alive as the body's parent
   thread_ = PyThread_get_thread_ident();
-  return enter_with(Entry::Start);
+  job_ = job;
+  const Outcome outcome = enter_with(Entry::Start);
+  job_ = nullptr;
+  return outcome;
 }
 
 Outcome GreenletHandoff::serve(PyObject* value) {
@@ -135,21 +251,31 @@ Outcome GreenletHandoff::enter_with(Entry entry) {
   set_active_trace(nullptr);  // calls made by the body are not part of the trace
   tls_in_body = true;
   set_busy(true);
-  PyObject* result = entry == Entry::Cancel   ? PyGreenlet_Throw(body, cancelled_type(), Py_None, Py_None)
-                     : entry == Entry::Start ? start_deeper(body)
-                                             : PyGreenlet_Switch(body, nullptr, nullptr);
+  PyObject* result = nullptr;
+  if (entry == Entry::Cancel) {
+    result = PyGreenlet_Throw(body, cancelled_type(), Py_None, Py_None);
+  } else if (entry == Entry::Start) {
+    tls_next_job = job_;
+    result = top_ == 0 ? start_deeper(body, &top_) : PyGreenlet_Switch(body, nullptr, nullptr);
+    tls_next_job = nullptr;
+  } else {
+    result = PyGreenlet_Switch(body, nullptr, nullptr);
+  }
   model_view.restore();
 
-  if (PyGreenlet_ACTIVE(body)) {  // parked again
+  const bool ended = job_ended(result);
+  if (!ended && PyGreenlet_ACTIVE(body)) {  // parked again
     if (result == nullptr) return Outcome::Error;
     Py_DECREF(result);
     return Outcome::Parked;
   }
   set_busy(false);
   caller_ = nullptr;
-  Py_CLEAR(body_);  // the job ended: drop the greenlet (and the job it holds) now
+  PyObject* runner = std::exchange(body_, nullptr);
+  if (ended) keep_runner(runner, top_);  // the job returned: the runner waits for the next one
+  Py_DECREF(runner);
   if (result == nullptr) return Outcome::Error;
-  const int failed = PyObject_IsTrue(result);
+  const int failed = PyObject_IsTrue(ended ? PyTuple_GET_ITEM(result, 1) : result);
   Py_DECREF(result);
   return failed ? Outcome::Failed : Outcome::Finished;
 }

@@ -11,6 +11,8 @@
 // backtraces (glibc `backtrace()` can crash on a greenlet's stack).
 #pragma once
 
+#include <cstdint>
+
 #include "handoff.h"
 
 namespace nnsight_fast {
@@ -33,6 +35,8 @@ class GreenletHandoff final : public Handoff {
   PyObject* body_ = nullptr;    // the greenlet, owned until its job ends
   PyObject* caller_ = nullptr;  // the greenlet that switched in last (borrowed: the body's parent)
   PyObject* payload_ = nullptr;
+  PyObject* job_ = nullptr;     // borrowed, while start() switches into the runner
+  uintptr_t top_ = 0;           // where the runner's stack starts
   unsigned long thread_ = 0;
 };
 
