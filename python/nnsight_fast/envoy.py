@@ -11,44 +11,41 @@
         model.layer3.skip(h)                # don't run layer3, use h as its output
 
 Attributes that are not child modules fall through to the module (`model.layer1.weight`).
+`Envoy(module)` alone mirrors any module (NNsight adds tracing around it).
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from . import mediator as _mediator
+from .gating import ModelGates
+from .source.envoy import module_source
+from .steps import Iterations
 from .values import ValueAccess
-
-if TYPE_CHECKING:
-    from .model import NNsight
 
 
 class Envoy(ValueAccess):
     #: A submodule named like an Envoy attribute (`output`, `input`, ...) is reachable as `E_<name>`.
     OVERLOAD_PREFIX = "E_"
 
-    def __init__(self, module: torch.nn.Module, path: str, root: "NNsight | None" = None):
-        # A child holds its root weakly: the tree has no reference cycle, so a wrapped model
-        # is freed as soon as the user drops it.
-        self.__dict__.update(_module=module, path=path, _root_ref=None if root is None else weakref.ref(root),
-                             _children={})
-        root = self if root is None else root
-        self._input_location, self._output_location = root._gate_module(module, path)
+    def __init__(self, module: torch.nn.Module, path: str = "model", gates: ModelGates | None = None):
+        if gates is None:  # the root of a tree
+            gates = ModelGates()
+        self.__dict__.update(_module=module, path=path, _gates=gates, _children={})
+        self._input_location, self._output_location = gates.install(module, path)
+        if gates.root_input_location < 0:
+            gates.root_input_location = self._input_location
         for name, child in module.named_children():
             self._add_child(name, child)
 
-    @property
-    def _root(self) -> "NNsight":
-        ref = self.__dict__["_root_ref"]
-        return self if ref is None else ref()
-
     def _add_child(self, name: str, module: torch.nn.Module) -> "Envoy":
         path = f"{self.path}.{name}"
-        envoy = self._root._envoy_class_for(module, path)(module, path, self._root)
+        gates = self._gates
+        envoy_class = Envoy if gates.envoy_class is None else gates.envoy_class(module, path)
+        envoy = envoy_class(module, path, gates)
         self._children[name] = envoy
         attribute = self.OVERLOAD_PREFIX + name if hasattr(type(self), name) else name
         self.__dict__[attribute] = envoy
@@ -68,7 +65,7 @@ class Envoy(ValueAccess):
         """Points this Envoy (and its children, by name) at `module`, e.g. once real weights are loaded."""
         self.__dict__["_module"] = module
         had_source = self.__dict__.pop("_source", None) is not None
-        self._root._gate_module(module, self.path)
+        self._gates.install(module, self.path)
         for name, child in module.named_children():
             if name in self._children:
                 self._children[name]._rebind(child)
@@ -81,17 +78,13 @@ class Envoy(ValueAccess):
         """The operations inside this module's forward (see source/envoy.py)."""
         found = self.__dict__.get("_source")
         if found is None:
-            from .source.envoy import module_source
-
             found = self.__dict__["_source"] = module_source(self)
         return found
 
     def all(self):
         """Every step of the run, for this module: `with model.layer.all(): ...` runs the
         block at each step (also `for step in model.layer.all():`)."""
-        from .tracing.iteration import Iterations
-
-        return Iterations(self._root._input_location)
+        return Iterations(self._gates.root_input_location)
 
     # ---- the tree ----
     def modules(self, include_fn=None, names: bool = False) -> list:
@@ -112,7 +105,7 @@ class Envoy(ValueAccess):
     def get(self, path: str) -> Any:
         """The Envoy (or value, in a trace) at a dotted path: `model.get("transformer.h.0.mlp.output")`."""
         parts = path.split(".")
-        if parts and parts[0] == self.path.split(".")[-1] and self is self._root:
+        if parts and parts[0] == self.path and "." not in self.path:  # the root's own name
             parts = parts[1:]
         found: Any = self
         for part in parts:

@@ -34,7 +34,7 @@ class Abort(BaseException):
 class LoopEnd(BaseException):
     """Raised at a request inside an iteration loop (`loop`) when the run ends before `step`.
 
-    The captured body catches it around that very loop (tracing/capture.py), so the loop
+    The captured body catches it around that very loop (capture.py), so the loop
     ends there and the code after it runs."""
 
     def __init__(self, loop, step: int, steps_made: int):

@@ -38,6 +38,16 @@ class Owner(Protocol):
 class Mediator:
     """Runs one captured body; the model side serves its requests through a native handoff."""
 
+    # What most bodies never change (set on the instance when they do)
+    iteration = 0  # the step requests bind to (generation)
+    requests_made = 0
+    at_barrier = None  # the Barrier this body waits at
+    error: BaseException | None = None
+    _pending_error: BaseException | None = None
+    _namespace: dict | None = None
+    _last: tuple[int, int, Any] = (-1, -1, None)  # the value served last
+    _worker = None
+
     def __init__(self, tracer: Owner, body, native_trace, rows: tuple[int, int] = (0, -1), *,
                  threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None):
         self.tracer = tracer
@@ -45,20 +55,16 @@ class Mediator:
         self.collects = collects  # False for a persistent edit: its variables are not written back
         self.backward_of = backward_of  # in a backward block: the invoke whose forward values it reads
         self._body = body
-        self._worker = POOL.acquire() if threaded else None
-        self._handoff = self._worker.handoff if threaded else _native.GreenletHandoff()
+        if threaded:
+            self._worker = POOL.acquire()
+            self._handoff = self._worker.handoff
+        else:
+            self._handoff = _native.GreenletHandoff()
         self.index = native_trace.add_mediator(self._handoff, *rows)
-        self.iteration = 0  # the step requests bind to (generation)
         self._offsets: dict[str, int] = {}  # path -> calls further on (envoy.next())
-        self.requests_made = 0
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
-        self.at_barrier = None  # the Barrier this body waits at
         self._nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
         self.history: dict = {}  # (location, occurrence) -> value served, for backward blocks
-        self._last: tuple[int, int, Any] = (-1, -1, None)  # the value served last
-        self.error: BaseException | None = None
-        self._pending_error: BaseException | None = None
-        self._namespace: dict | None = None
 
     # ---- model side ----
     def start(self) -> bool:
@@ -106,7 +112,7 @@ class Mediator:
             return True
         finally:
             _native.set_current_mediator(None)
-            self._last = (-1, -1, None)
+            self._last = Mediator._last
 
     def _collect(self, namespace: dict) -> None:
         self._namespace = namespace

@@ -12,22 +12,25 @@
 Wrapping installs a native Gate as each module's `forward` (an instance attribute);
 it calls the original forward directly unless this thread is tracing this model.
 A subclass defines how several invokes' inputs form one batch (`_batch_inputs`);
-the base class runs one input invoke per trace.
+the base class runs one input invoke per trace. Tracers reach the model only through
+its `ModelTarget` (tracing/target.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import copy
+import weakref
+from typing import Any
 
 import torch
 
-from . import _native
 from .envoy import Envoy
+from .gating import ModelGates
 from .naming import Naming
+from .tracing.edit import EditTracer, export_edits, import_edits
+from .tracing.scan import ScanTracer
+from .tracing.session import Session
 from .tracing.tracer import Tracer
-
-if TYPE_CHECKING:
-    from .tracing.session import Session
 
 
 class NNsight(Envoy):
@@ -35,12 +38,12 @@ class NNsight(Envoy):
                  threaded: bool = False):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
-        self.__dict__.update(_dispatcher=_native.Dispatcher(), _gated={}, _source_sites={},
-                             _naming=Naming(rename, envoys), _default_edits=[])
-        self._dispatcher.threaded = threaded
-        super().__init__(module, "model", None)
-        self.__dict__["_result_location"] = self._dispatcher.intern("result")
-        self._naming.mount(self)
+        naming = Naming(rename, envoys)
+        gates = ModelGates(threaded, envoy_class=None if envoys is None else naming.envoy_class)
+        self.__dict__.update(_naming=naming, _dispatcher=gates.dispatcher)
+        super().__init__(module, "model", gates)
+        self.__dict__["_target"] = ModelTarget(self)
+        naming.mount(self)
 
     @property
     def threaded(self) -> bool:
@@ -53,23 +56,6 @@ class NNsight(Envoy):
     def threaded(self, value: bool) -> None:
         self._dispatcher.threaded = bool(value)
 
-    def _envoy_class_for(self, module: torch.nn.Module, path: str) -> type:
-        return self._naming.envoy_class(module, path)
-
-    def _gate_module(self, module: torch.nn.Module, path: str) -> tuple[int, int]:
-        """Installs the Gate on `module` (once per model); returns its (input, output) locations."""
-        known = self._gated.get(id(module))
-        if known is not None:
-            return known
-        locations = (self._dispatcher.intern(f"{path}.input"), self._dispatcher.intern(f"{path}.output"))
-        module.__dict__["forward"] = _native.make_gate(module.forward, self._dispatcher, *locations)
-        self._gated[id(module)] = locations
-        return locations
-
-    def _path_aliases(self) -> dict[str, str]:
-        """Alias path -> real path, for renamed modules."""
-        return self._naming.alias_paths
-
     # ---- tracing ----
     def trace(self, *args: Any, trace: bool = True, **kwargs: Any) -> Tracer | Any:
         """A trace of one forward pass; with inputs, the `with` body is one invoke over them.
@@ -79,40 +65,38 @@ class NNsight(Envoy):
             self._prepare_run()
             args, kwargs, _ = self._prepare_inputs(*args, **kwargs)
             return self._run(args, kwargs)
-        return Tracer(self, args, kwargs)
+        return Tracer(self, self._target, args, kwargs)
 
     # ---- persistent edits (tracing/edit.py) ----
-    def edit(self, *, inplace: bool = False):
+    def edit(self, *, inplace: bool = False) -> EditTracer:
         """`with model.edit() as edited:` binds an edited copy; inplace=True edits this model."""
-        from .tracing.edit import EditTracer
+        model = self if inplace else self._edited_copy()
+        return EditTracer(model, model._target.edits)
 
-        return EditTracer(self, inplace)
+    def _edited_copy(self) -> "NNsight":
+        """A second handle on the same model (same modules and gates) with its own edits."""
+        twin = copy.copy(self)
+        twin.__dict__["_target"] = ModelTarget(twin, edits=list(self._target.edits))
+        return twin
 
     def clear_edits(self) -> None:
-        self._default_edits.clear()
+        self._target.edits.clear()
 
     def export_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> str:
-        from .tracing.edit import export_edits
-
-        return export_edits(self, name, export_dir, variant)
+        return export_edits(self._target.edits, name, export_dir, variant)
 
     def import_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> None:
-        from .tracing.edit import import_edits
-
-        import_edits(self, name, export_dir, variant)
+        import_edits(self.get, self._target.edits, name, export_dir, variant)
 
     def scan(self, *args: Any, **kwargs: Any) -> Tracer:
         """A trace with fake tensors: shapes without compute (see tracing/scan.py)."""
-        from .tracing.scan import ScanTracer
+        return ScanTracer(self, self._target, args, kwargs)
 
-        return ScanTracer(self, args, kwargs)
-
-    def session(self) -> "Session":
+    def session(self) -> Session:
         """Several traces in one block (see tracing/session.py)."""
-        from .tracing.session import Session
-
         return Session(self)
 
+    # ---- what a subclass may redefine ----
     def _prepare_run(self) -> None:
         """Called before a trace starts its mediators (a lazy model loads its weights here)."""
 
@@ -131,8 +115,41 @@ class NNsight(Envoy):
         return self._module(*args, **kwargs)
 
 
+class ModelTarget:
+    """An NNsight as tracers see it (tracing/target.py). Held by the model; holds it weakly,
+    so a dropped model is freed at once."""
+
+    def __init__(self, model: NNsight, edits: list | None = None):
+        gates = model._gates
+        self._model = weakref.ref(model)
+        self.dispatcher = gates.dispatcher
+        self.input_location = model._input_location
+        self.result_location = gates.dispatcher.intern("model.result")
+        self.edits = [] if edits is None else edits
+        self.path_aliases = model._naming.alias_paths
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self._model()._module
+
+    def prepare(self) -> None:
+        self._model()._prepare_run()
+
+    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        return self._model()._prepare_inputs(*args, **kwargs)
+
+    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        return self._model()._batch_inputs(prepared)
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        return self._model()._run(args, kwargs)
+
+
 def _batch_size(args: tuple, kwargs: dict) -> int:
-    for value in (*args, *kwargs.values()):
+    for value in args:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    for value in kwargs.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1

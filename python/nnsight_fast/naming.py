@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .envoy import Envoy
+from .envoy import Envoy
 
 
 class Naming:
@@ -29,8 +28,6 @@ class Naming:
                                   for key, aliases in self.rename.items() if "." not in key}
 
     def envoy_class(self, module: torch.nn.Module, path: str) -> type:
-        from .envoy import Envoy
-
         if self.envoys is None:
             return Envoy
         if isinstance(self.envoys, type):

@@ -24,16 +24,20 @@ class SaveScope(Protocol):
     def record_save(self, value: Any) -> None: ...
 
 
-_current = threading.local()
+class _ThreadScope(threading.local):
+    scope: SaveScope | None = None
+
+
+_current = _ThreadScope()
 
 
 def current_scope() -> SaveScope | None:
-    return getattr(_current, "scope", None)
+    return _current.scope
 
 
 def enter_scope(scope: SaveScope | None) -> SaveScope | None:
     """Makes `scope` this thread's save scope; returns the previous one."""
-    previous = getattr(_current, "scope", None)
+    previous = _current.scope
     _current.scope = scope
     return previous
 
@@ -41,7 +45,7 @@ def enter_scope(scope: SaveScope | None) -> SaveScope | None:
 def save(value: Any) -> Any:
     """Marks `value` to be kept after the trace; returns it unchanged."""
     mediator = _native.current_mediator()
-    scope = mediator.tracer if mediator is not None else getattr(_current, "scope", None)
+    scope = mediator.tracer if mediator is not None else _current.scope
     if scope is None:
         raise ValueError(
             "Cannot save a value outside of a trace: call `.save()` inside `with model.trace(...)`"

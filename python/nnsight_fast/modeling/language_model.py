@@ -34,7 +34,7 @@ class GenerateTracer(Tracer):
     def __init__(self, model: "LanguageModel", args: tuple, kwargs: dict):
         inputs = {k: v for k, v in kwargs.items() if k in INPUT_KEYS}
         self.generate_kwargs = {k: v for k, v in kwargs.items() if k not in INPUT_KEYS}
-        super().__init__(model, args, inputs)
+        super().__init__(model, model._target, args, inputs)
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
         return self.model._run_generate(kwargs, self.generate_kwargs, self._end_loops)
@@ -73,7 +73,7 @@ class LanguageModel(NNsight):
             _load_args=args, _load_kwargs=from_pretrained_kwargs,
         )
         super().__init__(module, **naming)
-        generator = Envoy(Generator(), "model.generator", self)
+        generator = Envoy(Generator(), "model.generator", self._gates)
         self._children["generator"] = generator
         self.__dict__["generator"] = generator
 

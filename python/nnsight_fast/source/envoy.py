@@ -28,15 +28,15 @@ from ..values import ValueAccess
 from .rewrite import RewrittenCode, rewritten
 
 if TYPE_CHECKING:
-    from ..model import NNsight
+    from ..gating import ModelGates
 
 
 class SourceSite:
     """One use of a rewritten function: its operations bound to locations under `path`."""
 
-    def __init__(self, root: "NNsight", path: str, code: RewrittenCode, owner_class: type | None = None):
-        self.root, self.path, self.code = root, path, code
-        dispatcher = root._dispatcher
+    def __init__(self, gates: "ModelGates", path: str, code: RewrittenCode, owner_class: type | None = None):
+        self.gates, self.path, self.code = gates, path, code
+        dispatcher = gates.dispatcher
         self.locations = {}
         ops = []
         for op in code.operations:
@@ -124,12 +124,12 @@ class OperationEnvoy(ValueAccess):
             return known
         callee = _mediator.request(self._callee, self.path, "source")
         function, bind = _python_function(callee, self.path)
-        root = self._source._site.root
+        gates = self._source._site.gates
         site_key = (self.path, function.__code__)
-        site = root._source_sites.get(site_key)
+        site = gates.source_sites.get(site_key)
         if site is None:
-            site = root._source_sites[site_key] = SourceSite(
-                root, f"{self.path}.source", rewritten(function),
+            site = gates.source_sites[site_key] = SourceSite(
+                gates, f"{self.path}.source", rewritten(function),
                 _owner_class(type(bind)) if bind is not None and not isinstance(bind, type) else None,
             )
         replacement = site.function if bind is None else types.MethodType(site.function, bind)
@@ -161,10 +161,10 @@ def _python_function(callee: Any, path: str):
 
 def module_source(envoy) -> SourceEnvoy:
     """The SourceEnvoy of a module's forward, built once per Envoy and given to its Gate."""
-    root = envoy._root
+    gates = envoy._gates
     module = envoy._module
-    site = SourceSite(root, f"{envoy.path}.source", rewritten(type(module).forward), _owner_class(type(module)))
-    flag = root._dispatcher.intern(f"{envoy.path}.source")
+    site = SourceSite(gates, f"{envoy.path}.source", rewritten(type(module).forward), _owner_class(type(module)))
+    flag = gates.dispatcher.intern(f"{envoy.path}.source")
     gate = module.__dict__.get("forward")
     _native.set_gate_source(gate, types.MethodType(site.function, module), flag)
 

@@ -25,7 +25,7 @@ import torch
 from .. import _native
 from ..errors import Cancelled, OutOfOrderError
 from ..mediator import Mediator, current_mediator
-from .capture import CapturedBlock, write_back
+from ..capture import CapturedBlock, write_back
 
 _original_backward = torch.Tensor.backward
 _original_grad = torch._C.TensorBase.grad

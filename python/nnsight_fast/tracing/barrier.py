@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..mediator import current_mediator
-from .capture import write_back
+from ..capture import write_back
 
 if TYPE_CHECKING:
     from .tracer import Tracer

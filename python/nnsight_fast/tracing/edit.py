@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import ast
 import builtins
-import copy
 import importlib
 import linecache
 import os
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import torch
 
-from .capture import CapturedBlock, CapturedBody, site_of
-
-if TYPE_CHECKING:
-    from ..model import NNsight
-
+from ..capture import CapturedBlock, CapturedBody, site_of
+from ..envoy import Envoy
 
 @dataclass
 class Edit:
@@ -42,27 +38,20 @@ class Edit:
 
 
 class EditTracer(CapturedBlock):
-    def __init__(self, model: "NNsight", inplace: bool):
-        self.model, self.inplace = model, inplace
-        self._target: "NNsight | None" = None
+    """Captures the `with` body as an Edit appended to `edits` (the model's persistent edits);
+    `with ... as edited:` binds `model`."""
 
-    def entered(self) -> "NNsight":
-        self._target = self.model if self.inplace else edited_copy(self.model)
-        return self._target
+    def __init__(self, model: Any, edits: list):
+        self.model, self.edits = model, edits
+
+    def entered(self) -> Any:
+        return self.model
 
     def run_block(self, body, capture) -> None:
         statement = capture.site.statement
         lines = linecache.getlines(capture.site.filename)[statement.lineno - 1:statement.end_lineno]
         names = body.function.__code__.co_varnames[2:2 + len(body.arguments)]
-        self._target._default_edits.append(Edit(body, textwrap.dedent("".join(lines)), names))
-
-
-def edited_copy(model: "NNsight") -> "NNsight":
-    """A second handle on the same model (same modules and gates) with its own edits."""
-    twin = copy.copy(model)
-    twin.__dict__["_default_edits"] = list(model._default_edits)
-    twin.__dict__["_original"] = model  # the tree's Envoys hold their root (the original) weakly
-    return twin
+        self.edits.append(Edit(body, textwrap.dedent("".join(lines)), names))
 
 
 def _default_folder(name: str, export_dir: str | None) -> str:
@@ -70,14 +59,12 @@ def _default_folder(name: str, export_dir: str | None) -> str:
     return os.path.join(base, name)
 
 
-def export_edits(model: "NNsight", name: str, export_dir: str | None = None, variant: str = "__default__") -> str:
-    """Writes the model's edits to a file; returns its path."""
-    from ..envoy import Envoy
-
-    if not model._default_edits:
+def export_edits(edits: list, name: str, export_dir: str | None = None, variant: str = "__default__") -> str:
+    """Writes a model's edits to a file; returns its path."""
+    if not edits:
         raise ValueError("This model has no edits to export: make some with `model.edit()` first")
     records = []
-    for edit in model._default_edits:
+    for edit in edits:
         values, modules = {}, {}
         for name_, value in zip(edit.names, edit.body.arguments):
             if isinstance(value, Envoy):
@@ -98,8 +85,9 @@ def export_edits(model: "NNsight", name: str, export_dir: str | None = None, var
     return path
 
 
-def import_edits(model: "NNsight", name: str, export_dir: str | None = None, variant: str = "__default__") -> None:
-    """Adds the edits saved by `export_edits` to this model."""
+def import_edits(find_envoy: Callable[[str], Any], edits: list, name: str, export_dir: str | None = None,
+                 variant: str = "__default__") -> None:
+    """Adds the edits saved by `export_edits` to `edits`; `find_envoy(path)` resolves saved Envoys."""
     path = os.path.join(_default_folder(name, export_dir), f"{variant}.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"No exported edits '{name}' (variant '{variant}') at {path}")
@@ -111,7 +99,7 @@ def import_edits(model: "NNsight", name: str, export_dir: str | None = None, var
         site = site_of(filename, statement)
         arguments = {}
         for name_, (kind, value) in record["values"].items():
-            arguments[name_] = model.get(value) if kind == "envoy" else value
+            arguments[name_] = find_envoy(value) if kind == "envoy" else value
         namespace = {"__builtins__": builtins}
         for name_, module_name in record["modules"].items():
             namespace[name_] = importlib.import_module(module_name)
@@ -119,4 +107,4 @@ def import_edits(model: "NNsight", name: str, export_dir: str | None = None, var
         code = site.compile(parameters, ())
         function = types.FunctionType(code, namespace, "<imported edit>")
         body = CapturedBody(function, tuple(arguments[n] for n in parameters), None)
-        model._default_edits.append(Edit(body, source, parameters))
+        edits.append(Edit(body, source, parameters))

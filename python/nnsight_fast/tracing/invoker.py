@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .capture import CapturedBlock, CapturedBody
+from ..capture import CapturedBlock, CapturedBody
 
 if TYPE_CHECKING:
     from .tracer import Tracer

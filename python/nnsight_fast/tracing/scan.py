@@ -24,11 +24,12 @@ class ScanTracer(Tracer):
         pass  # no weights are needed to scan
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
-        device = next((p.device for p in self.model._module.parameters()), None)
+        module = self.target.module
+        device = next((p.device for p in module.parameters()), None)
         if device is not None and device.type == "meta":
             args, kwargs = _to_device((args, kwargs), device)
         with FakeTensorMode(allow_non_fake_inputs=True):
-            result = self.model._module(*args, **kwargs)
+            result = module(*args, **kwargs)
         self._end_loops()
         return result
 

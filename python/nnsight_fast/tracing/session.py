@@ -18,13 +18,17 @@ import threading
 from typing import Any
 
 from ..saving import enter_scope
-from .capture import CapturedBlock, write_back
+from ..capture import CapturedBlock, write_back
 
-_current = threading.local()
+class _ThreadSession(threading.local):
+    session: "Session | None" = None
+
+
+_current = _ThreadSession()
 
 
 def current_session() -> "Session | None":
-    return getattr(_current, "session", None)
+    return _current.session
 
 
 class Session(CapturedBlock):

@@ -9,14 +9,15 @@
         with tracer.invoke(x1): a = model.layer1.output.save()
         with tracer.invoke(): b = model.layer1.output.save()   # the whole batch
 
-On exit the body (or each invoke's body) runs on a pooled worker thread while the
-model runs on this thread; only values marked `.save()` are written back to the
+On exit the body (or each invoke's body) runs as a mediator (a greenlet on this
+thread, mediator.py) in step with the model; only values marked `.save()` are written back to the
 caller's variables. Errors raised in the body surface here with their own type and
 a traceback that ends at the user's line; after any error the model is clean.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -24,37 +25,49 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import _native
+from ..capture import CapturedBlock, write_back
 from ..config import CONFIG
 from ..errors import Abort, Cancelled, EarlyStop, LoopEnd, outside_trace_error, strip_library_frames
 from ..mediator import Mediator, current_mediator
 from ..saving import enter_scope
-from .capture import CapturedBlock, write_back
+from ..steps import Iterations
 from .barrier import Barrier
 from .cache import CacheDict
 from .invoker import Invoke, Invoker
-from .iteration import Iterations
 from .session import current_session
 
 if TYPE_CHECKING:
-    from ..model import NNsight
+    from ..envoy import Envoy
+    from .target import TraceTarget
 
 
 class Tracer(CapturedBlock):
-    def __init__(self, model: "NNsight", args: tuple, kwargs: dict):
-        self.model = model
+    running = False
+    _native = None
+    # Filled by the few traces that use them (a tuple until then: nothing to allocate per trace)
+    _caches: list | tuple = ()  # tracer.cache() requests
+    _cache_records: list | tuple = ()  # (CacheDict, [(path, kind, sink)]) once registered
+    _warnings: list | tuple = ()
+
+    def __init__(self, model: "Envoy", target: "TraceTarget", args: tuple, kwargs: dict):
+        self.model = model  # the root Envoy, as the user knows it
+        self.target = target
         self._session = current_session()  # inside model.session(): everything flows back to it
         self._inputs = (args, kwargs) if args or kwargs else None
         self._invokes: list[Invoke] = []
         self._saved: dict[int, Any] = {}
         self._namespaces: list[dict] = []
-        self.running = False
         self.mediators: list[Mediator] = []
-        self._native = None
-        self._warnings: list[str] = []
-        self.shared_variables: dict[str, Any] = {}
-        self.source_flags: set[int] = set()  # modules whose `.source` operations this trace asked for
-        self._caches: list = []  # tracer.cache() requests
-        self._cache_records: list = []  # (CacheDict, [(path, kind, sink)]) once registered
+
+    @functools.cached_property
+    def shared_variables(self) -> dict[str, Any]:
+        """Variables handed between invokes at a barrier."""
+        return {}
+
+    @functools.cached_property
+    def source_flags(self) -> set[int]:
+        """The modules whose `.source` operations this trace asked for."""
+        return set()
 
     # ---- the `with` statement ----
     def run_block(self, body, capture) -> None:
@@ -90,11 +103,11 @@ class Tracer(CapturedBlock):
     @property
     def iter(self) -> Iterations:
         """Steps of the run: `for step in tracer.iter[a:b]` (also `[i]`, `[[i, j]]`, `[:]`)."""
-        return Iterations(self.model._input_location)
+        return Iterations(self.target.input_location)
 
     def all(self) -> Iterations:
         """Every step the run makes: `for step in tracer.all(): ...`."""
-        return Iterations(self.model._input_location)
+        return Iterations(self.target.input_location)
 
     def next(self, step: int = 1) -> "Tracer":
         """Later requests in this invoke refer to the step `step` further on."""
@@ -117,11 +130,13 @@ class Tracer(CapturedBlock):
             self.model.get(m) if isinstance(m, str) else m for m in modules
         ]
         kinds = [kind for kind, wanted in (("output", include_output), ("inputs", include_inputs)) if wanted]
-        cache = CacheDict(aliases=self.model._path_aliases())
+        cache = CacheDict(aliases=self.target.path_aliases)
         request = (cache, [(e.path, kind, e._output_location if kind == "output" else e._input_location)
                            for e in envoys for kind in kinds],
                    torch.device(device) if device is not None else None, dtype, detach,
                    mediator.index if mediator is not None else -1)
+        if not self._caches:
+            self._caches = []
         self._caches.append(request)
         if self._native is not None:
             self._register_cache(request)
@@ -135,6 +150,8 @@ class Tracer(CapturedBlock):
             sink: list = []
             self._native.add_cache_observer(location, sink, detach, device, dtype, mediator_index)
             records.append((path, kind, sink))
+        if not self._cache_records:
+            self._cache_records = []
         self._cache_records.append((cache, records))
 
     def barrier(self, participants: int) -> Barrier:
@@ -151,7 +168,7 @@ class Tracer(CapturedBlock):
         mediator = current_mediator()
         if mediator is None or mediator.tracer is not self:
             raise outside_trace_error("result")
-        return mediator.request(self.model._result_location, 0)
+        return mediator.request(self.target.result_location, 0)
 
     def record_save(self, value: Any) -> None:
         self._saved[id(value)] = value
@@ -163,49 +180,52 @@ class Tracer(CapturedBlock):
 
     # ---- running ----
     def _execute(self) -> None:
-        model = self.model
-        with_inputs = [invoke for invoke in self._invokes if invoke.inputs is not None]
-        whole_batch = [invoke for invoke in self._invokes if invoke.inputs is None]
+        target = self.target
+        invokes = self._invokes
+        with_inputs = [invoke for invoke in invokes if invoke.inputs is not None]
         if not with_inputs:
             raise ValueError(
                 "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
                 "`tracer.invoke(x)` with an input"
             )
         self._prepare_model()
-        prepared = [model._prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
+        prepared = [target.prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
         if len(prepared) == 1:
             args, kwargs, batch_size = prepared[0]
         else:
-            args, kwargs = model._batch_inputs(prepared)
+            args, kwargs = target.batch_inputs(prepared)
             batch_size = sum(p[2] for p in prepared)
 
-        native = _native.Trace(model._dispatcher)
+        native = _native.Trace(target.dispatcher)
         native.set_batch(batch_size, len(with_inputs))
-        threaded = model._dispatcher.threaded
-
-        def add(body, rows: tuple[int, int], collects: bool = True) -> None:
-            self.mediators.append(Mediator(self, body, native, rows, threaded=threaded, collects=collects))
-
+        threaded = target.dispatcher.threaded
+        mediators = self.mediators
         try:
-            for edit in model._default_edits:  # persistent edits run first, over the whole batch
-                add(edit.body, (0, -1), collects=False)
+            for edit in target.edits:  # persistent edits run first, over the whole batch
+                mediators.append(Mediator(self, edit.body, native, (0, -1), threaded=threaded, collects=False))
             start = 0
             for invoke, (_, _, size) in zip(with_inputs, prepared):  # each input invoke owns its rows
-                add(invoke.body, (start, size))
+                mediators.append(Mediator(self, invoke.body, native, (start, size), threaded=threaded))
                 start += size
-            for invoke in whole_batch:
-                add(invoke.body, (0, -1))
+            if len(with_inputs) < len(invokes):
+                for invoke in invokes:
+                    if invoke.inputs is None:  # no input: the whole batch
+                        mediators.append(Mediator(self, invoke.body, native, (0, -1), threaded=threaded))
             self._interleave(native, args, kwargs)
         finally:
-            mediators, self.mediators = self.mediators, []
+            self.mediators = []
+            namespaces = self._namespaces
+            interrupted = False
             for mediator in mediators:
                 namespace = mediator.finish()
                 if namespace is not None:
-                    self._namespaces.append(namespace)
-            _raise_late_interrupt(mediators)
+                    namespaces.append(namespace)
+                interrupted = interrupted or isinstance(mediator.error, KeyboardInterrupt)
+            if interrupted:
+                _raise_late_interrupt(mediators)
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
-        model = self.model
+        mediators = self.mediators
         model_error: BaseException | None = None
         native.activate()
         self._native = native
@@ -213,12 +233,12 @@ class Tracer(CapturedBlock):
             self._register_cache(request)
         self.running = True
         try:
-            for mediator in self.mediators:
+            for mediator in mediators:
                 if mediator.start():
                     raise Abort()
                 native.resume_released()
             result = self._call_model(args, kwargs)
-            native.serve(model._result_location, result)
+            native.serve(self.target.result_location, result)
             self._end_unserved_requests()
         except Abort:
             pass
@@ -228,49 +248,57 @@ class Tracer(CapturedBlock):
             self.running = False
             self._native = None
             native.deactivate()
-            for mediator in self.mediators:
+            for mediator in mediators:
                 if mediator.busy:
                     mediator.cancel()
-        for cache, records in self._cache_records:
-            cache._fill(records)
-        self._cache_records.clear()
-        for message in self._warnings:
-            warnings.warn(message, UserWarning, stacklevel=4)
-        self._warnings.clear()
-        for mediator in self.mediators:
+        if self._cache_records:
+            for cache, records in self._cache_records:
+                cache._fill(records)
+            self._cache_records = ()
+        if self._warnings:
+            for message in self._warnings:
+                warnings.warn(message, UserWarning, stacklevel=4)
+            self._warnings = ()
+        for mediator in mediators:
             failure = mediator.error
+            if failure is None:
+                continue
             if isinstance(failure, LoopEnd):  # a loop the body could not catch (e.g. in a comprehension)
                 warnings.warn(f"tracer.iter: the run ended at step {failure.steps_made}; the loop at step "
                               f"{failure.step} was cut and the rest of that invoke did not run", UserWarning,
                               stacklevel=4)
-            elif failure is not None and not isinstance(failure, Cancelled):
+            elif not isinstance(failure, Cancelled):
                 raise failure
         if model_error is not None:
             raise model_error
 
     def _prepare_model(self) -> None:
-        self.model._prepare_run()
+        self.target.prepare()
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
-        result = self.model._run(args, kwargs)
+        result = self.target.run(args, kwargs)
         self._end_loops()
         return result
 
     def _end_loops(self) -> None:
         """The model made its last step: loops waiting for another step end there, and the
         code after them runs (it may still ask for what comes after the steps)."""
-        steps_made = self._native.visits(self.model._input_location)
+        steps_made = None
         for mediator in self.mediators:
-            while mediator.busy and mediator.loops:
+            while mediator.loops and mediator.busy:
+                if steps_made is None:
+                    steps_made = self._native.visits(self.target.input_location)
                 end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made)
                 if end.warning():
-                    self._warnings.append(end.warning())
+                    self._warnings = [*self._warnings, end.warning()]
                 mediator.cancel(end)
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
         self._end_loops()
         for mediator in self.mediators:
+            if not mediator.busy:
+                continue
             while mediator.busy and mediator.waiting is not None:
                 mediator.cancel(mediator.never_reached(*mediator.waiting))
             if mediator.busy and mediator.at_barrier is not None:
@@ -278,6 +306,9 @@ class Tracer(CapturedBlock):
 
     def _write_back(self, frame) -> None:
         saved = self._saved
+        if not saved and self._session is None:
+            self._namespaces.clear()
+            return
         values = {}
         for namespace in self._namespaces:
             for name, value in namespace.items():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import functools
 import ctypes
 import linecache
 import sys
@@ -30,9 +31,10 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import LoopEnd, SkipBody
+from .errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
+_BUILTINS = builtins.__dict__
 _LOOP_END = "__nnsight_fast_LoopEnd__"
 
 
@@ -141,19 +143,21 @@ class BodyCapture:
         frame = self.frame
         site = self.site
         names = frame.f_locals
-        parameters = tuple(name for name in site.names if name in names)
+        defined = frame.f_globals
         # Names the body uses that nothing defines yet become unbound locals, so a
         # barrier can hand them over from another invoke.
-        late = tuple(
-            name for name in site.names
-            if name not in names and name not in frame.f_globals and not hasattr(builtins, name)
-        )
-        function_code = site.compiled.get((parameters, late))
+        parameters, late = [], []
+        for name in site.names:
+            if name in names:
+                parameters.append(name)
+            elif name not in defined and name not in _BUILTINS:
+                late.append(name)
+        key = (tuple(parameters), tuple(late))
+        function_code = site.compiled.get(key)
         if function_code is None:
-            function_code = site.compile(parameters, late)
-            site.compiled[(parameters, late)] = function_code
-        function = types.FunctionType(function_code, frame.f_globals, "<traced block>")
-        arguments = tuple(names[name] for name in parameters) + (None,) * len(late)
+            function_code = site.compiled[key] = site.compile(*key)
+        function = types.FunctionType(function_code, defined, "<traced block>")
+        arguments = tuple([names[name] for name in parameters] + [None] * len(late))
         return CapturedBody(function, arguments, frame)
 
 
@@ -196,7 +200,7 @@ class _Site:
     names: tuple
     compiled: dict
 
-    @property
+    @functools.cached_property
     def trivial(self) -> bool:
         """The body does nothing (only `pass`, `...` or strings)."""
         return all(

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..errors import LoopEnd, outside_trace_error
-from ..mediator import current_mediator
+from .errors import LoopEnd, outside_trace_error
+from .mediator import current_mediator
 from .capture import CapturedBlock, write_back
 
 
