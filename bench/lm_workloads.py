@@ -171,7 +171,11 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per timed row at most (about)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     arguments = parser.parse_args()
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    print(f"{arguments.lib} GPT-2 rows (torch {torch.__version__}, {torch.get_num_threads()} threads)", file=sys.stderr)
     data = {config: run(arguments.lib, config, arguments.repeats, arguments.budget)
             for config in arguments.configs.split(",")}
     with open(arguments.out, "w") as f:

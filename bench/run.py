@@ -1,11 +1,13 @@
-"""Runs the benchmark for nnsight_fast and (when installed) nnsight 0.8.1; writes JSON + a table.
+"""Runs the benchmark for nnsight_fast and (when installed) nnsight 0.8.1 at torch 1 and 2
+intra-op threads; writes JSON, the tables and the verdicts against design.md §5.
 
     python bench/run.py                                   # nnsight_fast only
     python bench/run.py --nnsight-python /path/to/venv/bin/python   # and nnsight 0.8.1
+    python bench/run.py --threads 1 --lm-configs tiny     # one thread count, the tiny GPT-2 only
 
-Each library runs in its own process (both mount `.save()` on every object);
-bare PyTorch and raw hooks are timed in each process beside the library, and
-every figure is reported as a ratio to bare from the same process.
+Each library runs in its own process per thread count (both libraries mount `.save()`
+on every object); bare PyTorch and raw hooks are timed in each process beside the
+library, and every figure is reported against bare from the same process.
 Writes bench/results/latest.json and bench/results/latest.md.
 """
 
@@ -24,11 +26,12 @@ from nnsight_fast.timing import format_table  # noqa: E402
 SIZES = (8, 32, 128)
 
 
-def run_library(python: str, lib: str, repeats: int, script: str = "workloads.py", extra: tuple = ()) -> dict | None:
-    out = os.path.join(HERE, "results", f"{lib}-{script[:-3]}.json")
-    print(f"== {lib} {script} ({python})", file=sys.stderr)
+def run_library(python: str, lib: str, repeats: int, threads: int, script: str = "workloads.py",
+                extra: tuple = ()) -> dict | None:
+    out = os.path.join(HERE, "results", f"{lib}-{script[:-3]}-t{threads}.json")
+    print(f"== {lib} {script}, torch threads {threads} ({python})", file=sys.stderr)
     done = subprocess.run([python, os.path.join(HERE, script), "--lib", lib, "--repeats", str(repeats),
-                           "--out", out, *extra])
+                           "--threads", str(threads), "--out", out, *extra])
     if done.returncode != 0:
         print(f"   {lib} failed (exit {done.returncode}); left out of the table", file=sys.stderr)
         return None
@@ -42,21 +45,67 @@ def slope(results: dict, kind: str, column: str) -> float:
     return ((hi[column] - hi["bare"]) - (lo[column] - lo["bare"])) / (SIZES[-1] - SIZES[0])
 
 
-def summary(results: dict) -> dict:
-    """The design.md §5 quantities, all as extra cost over bare from the same process."""
+def summary(results: dict, lm: dict | None) -> dict:
+    """The design.md §5 quantities (µs over bare, or over raw hooks, from the same process)."""
     out = {
-        "empty_trace_us": results["mlp_empty_trace"]["lib"] - results["mlp_empty_trace"]["bare"],
-        "save_one_us": results["mlp_save_one"]["lib"] - results["mlp_save_one"]["bare"],
-        "per_saved_module_us": slope(results, "save_all", "lib"),
-        "per_passed_module_us": slope(results, "save_last", "lib"),
         "untraced_ratio": results["mlp_untraced"]["lib"] / results["mlp_untraced"]["bare"],
-        "untraced_ratio_128": results["stack128_untraced"]["lib"] / results["stack128_untraced"]["bare"],
+        "empty_trace_us": results["mlp_empty_trace"]["lib"] - results["mlp_empty_trace"]["bare"],
+        "save_one_over_hooks_us": results["mlp_save_one"]["lib"] - results["mlp_save_one"]["hooks"],
+        "per_passed_module_us": slope(results, "save_last", "lib"),
+        "per_saved_module_us": slope(results, "save_all", "lib"),
         "hooks_per_saved_module_us": slope(results, "save_all", "hooks"),
-        "hooks_per_passed_module_us": slope(results, "save_last", "hooks"),
     }
+    if "loop64_two_requests" in results:
+        loop = results["loop64_two_requests"]
+        out["loop64_over_hooks_us"] = loop["lib"] - loop["hooks"]
+    tiny = (lm or {}).get("tiny", {})
+    if "generate64_per_token" in tiny:
+        gen = tiny["generate64_per_token"]
+        out["token_over_hooks_ms"] = (gen["lib"] - gen["hooks"]) / 1e3
+    if "cache_all_modules" in tiny:
+        cache = tiny["cache_all_modules"]
+        out["cache_over_bare_us"] = cache["lib"] - cache["bare"]
+        out["hooks_cache_over_bare_us"] = cache["hooks"] - cache["bare"]
     if "handoff_round_trip" in results:
         out["handoff_round_trip_us"] = results["handoff_round_trip"]["lib"]
     return out
+
+
+# quantity -> (design.md §5 target, verdict on a summary; None: reported only)
+BUDGET = {
+    "untraced_ratio": ("≤ 1.01× bare", lambda s: s["untraced_ratio"] <= 1.01),
+    "empty_trace_us": ("≤ 15 µs", lambda s: s["empty_trace_us"] <= 15),
+    "save_one_over_hooks_us": ("≤ raw hooks + 10 µs", lambda s: s["save_one_over_hooks_us"] <= 10),
+    "per_passed_module_us": ("≤ 0.5 µs", lambda s: s["per_passed_module_us"] <= 0.5),
+    "loop64_over_hooks_us": ("≤ raw hooks + 2 µs per step", lambda s: s["loop64_over_hooks_us"] <= 2),
+    "token_over_hooks_ms": ("≤ raw hooks + 0.01 ms", lambda s: s["token_over_hooks_ms"] <= 0.01),
+    "cache_over_bare_us": ("≤ raw hooks (hooks_cache_over_bare_us)",
+                           lambda s: s["cache_over_bare_us"] <= s["hooks_cache_over_bare_us"]),
+    "per_saved_module_us": ("(reported)", None),
+    "hooks_per_saved_module_us": ("(raw hooks)", None),
+    "hooks_cache_over_bare_us": ("(raw hooks)", None),
+    "handoff_round_trip_us": ("(reported)", None),
+}
+
+
+def verdicts(summaries: dict[int, dict]) -> str:
+    """One row per §5 quantity: its value at each thread count and whether it meets the target."""
+    threads = sorted(summaries)
+    rows = []
+    for key, (target, meets) in BUDGET.items():
+        values = [summaries[t].get(key) for t in threads]
+        if all(v is None for v in values):
+            continue
+        cells = ["—" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}" for v in values]
+        if meets is None:
+            verdict = ""
+        else:
+            met = [meets(summaries[t]) for t, v in zip(threads, values) if v is not None]
+            verdict = "met" if all(met) else "missed" if not any(met) else "met at " + ", ".join(
+                str(t) for t, v in zip(threads, values) if v is not None and meets(summaries[t]))
+        rows.append([key, target] + cells + [verdict])
+    return format_table(["quantity", "design.md §5 target"] + [f"{t} thread(s)" for t in threads] + ["verdict"],
+                        rows)
 
 
 def markdown(all_results: dict[str, dict]) -> str:
@@ -72,14 +121,7 @@ def markdown(all_results: dict[str, dict]) -> str:
                 continue
             hooks = f"{r['hooks']:.1f} ({r['hooks'] / r['bare']:.2f}×)" if "hooks" in r else "—"
             rows.append([name, lib, f"{r['bare']:.1f}", hooks, f"{r['lib']:.1f} ({r['lib'] / r['bare']:.2f}×)"])
-    table = format_table(["workload", "library", "bare µs", "raw hooks µs (×bare)", "library µs (×bare)"], rows)
-    budget = {"empty_trace_us": "≤ 30", "save_one_us": "—", "per_saved_module_us": "≤ 15",
-              "per_passed_module_us": "≤ 0.5", "untraced_ratio": "≤ 1.02", "untraced_ratio_128": "≤ 1.02",
-              "hooks_per_saved_module_us": "(raw hooks)", "hooks_per_passed_module_us": "(raw hooks)",
-              "handoff_round_trip_us": "≤ 5"}
-    summaries = {lib: summary(r) for lib, r in all_results.items()}
-    srows = [[key, budget[key]] + [f"{summaries[lib].get(key, float('nan')):.2f}" for lib in libs] for key in budget]
-    return table + "\n\n" + format_table(["quantity (over bare)", "design.md §5 budget"] + libs, srows)
+    return format_table(["workload", "library", "bare µs", "raw hooks µs (×bare)", "library µs (×bare)"], rows)
 
 
 def lm_markdown(lm_results: dict[str, dict]) -> str:
@@ -103,35 +145,42 @@ def lm_markdown(lm_results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts, one run each")
     parser.add_argument("--nnsight-python", default=os.environ.get("NNSIGHT_PYTHON", ""),
                         help="a Python with nnsight 0.8.1 installed (its own venv)")
     parser.add_argument("--lm-configs", default="tiny,small", help="GPT-2 configs for the language-model rows ('' skips)")
     parser.add_argument("--lm-budget", type=float, default=4.0, help="seconds per language-model row, about")
     arguments = parser.parse_args()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    all_results = {"nnsight_fast": run_library(sys.executable, "nnsight_fast", arguments.repeats)}
-    if all_results["nnsight_fast"] is None:
-        sys.exit("nnsight_fast benchmark failed")
+    pythons = {"nnsight_fast": sys.executable}
     if arguments.nnsight_python:
-        nnsight = run_library(arguments.nnsight_python, "nnsight", arguments.repeats)
-        if nnsight is not None:
-            all_results["nnsight"] = nnsight
-    text = markdown(all_results)
-    lm_results = {}
-    if arguments.lm_configs:
-        lm_extra = ("--configs", arguments.lm_configs, "--budget", str(arguments.lm_budget))
-        pythons = {"nnsight_fast": sys.executable}
-        if arguments.nnsight_python:
-            pythons["nnsight"] = arguments.nnsight_python
+        pythons["nnsight"] = arguments.nnsight_python
+    sections, everything, summaries = [], {}, {}
+    for threads in (int(t) for t in arguments.threads.split(",")):
+        results = {}
         for lib, python in pythons.items():
-            found = run_library(python, lib, 50, "lm_workloads.py", lm_extra)
+            found = run_library(python, lib, arguments.repeats, threads)
             if found is not None:
-                lm_results[lib] = found
+                results[lib] = found
+        if "nnsight_fast" not in results:
+            sys.exit("nnsight_fast benchmark failed")
+        lm_results = {}
+        if arguments.lm_configs:
+            lm_extra = ("--configs", arguments.lm_configs, "--budget", str(arguments.lm_budget))
+            for lib, python in pythons.items():
+                found = run_library(python, lib, 50, threads, "lm_workloads.py", lm_extra)
+                if found is not None:
+                    lm_results[lib] = found
+        summaries[threads] = summary(results["nnsight_fast"], lm_results.get("nnsight_fast"))
+        everything[threads] = {"results": results, "language_model": lm_results,
+                               "summary": {lib: summary(r, lm_results.get(lib)) for lib, r in results.items()}}
+        text = f"### torch {threads} intra-op thread(s)\n\n" + markdown(results)
         if lm_results:
             text += "\n\n" + lm_markdown(lm_results)
+        sections.append(text)
+    text = "### Verdicts (nnsight_fast)\n\n" + verdicts(summaries) + "\n\n" + "\n\n".join(sections)
     with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
-        json.dump({"results": all_results, "summary": {k: summary(v) for k, v in all_results.items()},
-                   "language_model": lm_results}, f, indent=1)
+        json.dump(everything, f, indent=1)
     with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
         f.write(text + "\n")
     print(text)
