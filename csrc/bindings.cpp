@@ -8,6 +8,8 @@
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <frameobject.h>
+
 #include <memory>
 #include <optional>
 
@@ -43,7 +45,16 @@ py::object steal_or_throw(PyObject* value) {
 // back until served. Plain CPython functions, not pybind11 ones: pybind11 keeps a
 // per-thread stack of call frames that must unwind in order, and a greenlet switch
 // made inside one of its calls would interleave them.
+PyTypeObject* g_greenlet_handoff_type = nullptr;  // set once the class is registered
+
 Handoff* as_handoff(PyObject* object) {
+  // The common case without pybind11's cast machinery: a GreenletHandoff instance
+  // (a simple-layout pybind11 instance holds its C++ object's pointer directly).
+  if (Py_TYPE(object) == g_greenlet_handoff_type) {
+    auto* instance = reinterpret_cast<py::detail::instance*>(object);
+    if (instance->simple_layout && instance->simple_value_holder[0] != nullptr)
+      return static_cast<GreenletHandoff*>(instance->simple_value_holder[0]);
+  }
   try {
     return py::handle(object).cast<Handoff*>();
   } catch (const py::cast_error&) {
@@ -77,7 +88,36 @@ PyObject* waiting(PyObject*, PyObject* handoff) {
   return Py_BuildValue("(iL)", native->waiting_location(), static_cast<long long>(native->waiting_occurrence()));
 }
 
+PyObject* current_mediator_function(PyObject*, PyObject*) {
+  PyObject* mediator = current_mediator();
+  return Py_NewRef(mediator != nullptr ? mediator : Py_None);
+}
+
+PyObject* set_current_mediator_function(PyObject*, PyObject* mediator) {
+  set_current_mediator(mediator == Py_None ? nullptr : mediator);  // borrowed: the body's job holds it
+  Py_RETURN_NONE;
+}
+
+// Copies a frame's f_locals dict back into its fast locals (Python < 3.13: a trace
+// writes saved values back into the caller's function frame).
+PyObject* locals_to_fast(PyObject*, PyObject* frame) {
+#if PY_VERSION_HEX < 0x030D0000
+  if (!PyFrame_Check(frame)) {
+    PyErr_SetString(PyExc_TypeError, "locals_to_fast(frame)");
+    return nullptr;
+  }
+  PyFrame_LocalsToFast(reinterpret_cast<PyFrameObject*>(frame), 0);
+  if (PyErr_Occurred()) return nullptr;
+#endif
+  Py_RETURN_NONE;
+}
+
 PyMethodDef raw_functions[] = {
+    {"locals_to_fast", locals_to_fast, METH_O, "Writes frame.f_locals back into the frame's variables."},
+    {"current_mediator", current_mediator_function, METH_NOARGS,
+     "The mediator whose body runs on this thread (None outside bodies)."},
+    {"set_current_mediator", set_current_mediator_function, METH_O,
+     "Sets the mediator of the body running on this thread (its job does, at start and end)."},
     {"park", park, METH_O, "park(handoff): the body waits until the model side serves or resumes it."},
     {"request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(request)), METH_FASTCALL,
      "request(handoff, location, occurrence): the body waits for that value (OutOfOrderError if passed)."},
@@ -138,8 +178,10 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("busy", &Handoff::busy)
       .def("set_swap", [](Handoff& h, py::object value) { h.set_swap(value.ptr()); })
       .def("set_skip", [](Handoff& h, py::object value) { h.set_skip(value.ptr()); });
-  py::class_<GreenletHandoff, Handoff>(m, "GreenletHandoff", "A body as a greenlet on the model's thread.")
-      .def(py::init<>());
+  py::class_<GreenletHandoff, Handoff> greenlet_handoff(m, "GreenletHandoff",
+                                                       "A body as a greenlet on the model's thread.");
+  greenlet_handoff.def(py::init<>());
+  g_greenlet_handoff_type = reinterpret_cast<PyTypeObject*>(greenlet_handoff.ptr());
   py::class_<ThreadHandoff, Handoff>(m, "ThreadHandoff", "A body on a worker thread, served from any thread.")
       .def(py::init<>())
       .def("stop", &ThreadHandoff::stop)
@@ -219,13 +261,6 @@ PYBIND11_MODULE(_native, m) {
   m.def("has_active_trace", [] { return active_trace() != nullptr; },
         "True when this thread is running a trace.");
   m.def("parked_bodies", &Handoff::parked_count, "How many bodies are parked now (0 once every trace is over).");
-  m.def("current_mediator", [] {
-    PyObject* mediator = current_mediator();
-    return py::reinterpret_borrow<py::object>(mediator != nullptr ? mediator : Py_None);
-  }, "The mediator whose body runs on this thread (None outside bodies).");
-  m.def("set_current_mediator", [](py::object mediator) {
-    set_current_mediator(mediator.is_none() ? nullptr : mediator.ptr());
-  });
   m.def("set_exception_types", [](py::object abort, py::object cancelled, py::object out_of_order) {
     set_abort_type(abort.ptr());
     set_request_error_types(cancelled.ptr(), out_of_order.ptr());

@@ -24,13 +24,13 @@ import ast
 import builtins
 import copy
 import functools
-import ctypes
 import linecache
 import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import _native
 from .errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
@@ -304,5 +304,4 @@ def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
         frame.f_globals.update(values)
         return
     frame.f_locals.update(values)
-    if sys.version_info < (3, 13):
-        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+    _native.locals_to_fast(frame)
