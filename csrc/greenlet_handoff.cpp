@@ -3,6 +3,7 @@
 #include <greenlet/greenlet.h>
 
 #include <c10/util/Backtrace.h>
+#include <c10/util/Lazy.h>
 #include <c10/util/Logging.h>
 
 #include <alloca.h>
@@ -178,8 +179,12 @@ bool init_greenlet_handoff() {
   g_ended = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
   g_runner_function = PyCFunction_New(&runner_def, nullptr);
   if (g_ended == nullptr || g_runner_function == nullptr) return false;
+  // In a body, c10 gets a fixed text instead of a walk of the greenlet's stack (never a
+  // null backtrace: with TORCH_SHOW_CPP_STACKTRACES=1 c10 reads it without a check).
+  static const c10::Backtrace in_body = std::make_shared<c10::PrecomputedLazyValue<std::string>>(
+      "(no C++ stack trace: raised inside an nnsight_fast trace body)");
   c10::SetStackTraceFetcher(std::function<c10::Backtrace()>([]() -> c10::Backtrace {
-    if (tls_in_body) return nullptr;  // glibc backtrace() may walk off a greenlet's stack
+    if (tls_in_body) return in_body;  // glibc backtrace() may walk off a greenlet's stack
     return c10::get_lazy_backtrace(/*frames_to_skip=*/2);
   }));
   return true;

@@ -138,3 +138,19 @@ def test_assigning_values_through_an_envoy_subclass():
         out = model.output.save()
     assert isinstance(model.fc2, MarkedEnvoy) and "output" not in vars(net.fc2)
     assert torch.allclose(out, net.head(torch.zeros(2, 8)))
+
+
+def test_a_bare_envoy_mirrors_any_module():
+    """`Envoy(module)` alone (no NNsight around it) mirrors the tree and runs the module unchanged."""
+    torch.manual_seed(0)
+    net = MLP()
+    reference = MLP()
+    reference.load_state_dict(net.state_dict())
+    envoy = Envoy(net)
+    x = torch.randn(3, 4)
+    assert envoy.path == "model" and envoy.fc1._module is net.fc1
+    assert [e.path for e in envoy.modules()] == ["model", "model.fc1", "model.act", "model.fc2", "model.act2", "model.head"]
+    assert torch.equal(envoy(x), reference(x))
+    assert torch.equal(envoy.fc1.weight, net.fc1.weight)
+    linear = Envoy(nn.Linear(2, 2))
+    assert linear(torch.ones(1, 2)).shape == (1, 2)

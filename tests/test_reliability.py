@@ -60,8 +60,10 @@ def test_a_torch_error_in_the_body_raises_at_the_users_line(mlp, bad_edit, clean
     clean(model, x, net(x))
 
 
-def test_many_torch_errors_in_bodies(tmp_path):
-    """c10 captures a C++ backtrace for each error; inside a body it must not walk the greenlet's stack."""
+@pytest.mark.parametrize("cpp_stacktraces", ["0", "1"])
+def test_many_torch_errors_in_bodies(tmp_path, cpp_stacktraces):
+    """c10 captures a C++ backtrace for each error; inside a body it must not walk the greenlet's
+    stack, and with TORCH_SHOW_CPP_STACKTRACES=1 (c10 then prints it) it must not crash either."""
     out = run_script(tmp_path, """
         import torch
         from nnsight_fast import NNsight, OutOfOrderError, _native
@@ -78,7 +80,7 @@ def test_many_torch_errors_in_bodies(tmp_path):
         with model.trace(x):
             out = model.output.save()
         print(raised, bool(torch.equal(out, net(x))), _native.parked_bodies())
-    """)
+    """, env={"TORCH_SHOW_CPP_STACKTRACES": cpp_stacktraces})
     assert out == ["200", "True", "0"]
 
 
