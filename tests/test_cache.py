@@ -70,7 +70,12 @@ def test_cache_per_invoke_rows(lm):
         with tracer.invoke(prompts[1]):
             second = tracer.cache(modules=["model.lm_head"])
     batch = lm.tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        logits = lm._module(**batch).logits
+    positions = (batch["attention_mask"].cumsum(-1) - 1).masked_fill(batch["attention_mask"] == 0, 1)
+    with torch.no_grad():  # left padding: positions counted over the attended tokens, as generate does
+        logits = lm._module(**batch, position_ids=positions).logits
     assert torch.allclose(first["model.lm_head"].output, logits[:1], atol=1e-5)
     assert torch.allclose(second["model.lm_head"].output, logits[1:], atol=1e-5)
+    with torch.no_grad():  # and the short prompt's tokens as it gives them alone
+        alone = lm._module(**lm.tokenizer(prompts[1], return_tensors="pt")).logits
+    width = alone.shape[1]
+    assert torch.allclose(second["model.lm_head"].output[:, -width:], alone, atol=1e-4)

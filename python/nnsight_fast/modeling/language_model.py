@@ -10,13 +10,20 @@
         tokens = tracer.result.save()
 
 Inputs: a string, a list of strings, token ids (list or tensor), a dict or
-BatchEncoding with `input_ids` (and `attention_mask`), or `input_ids=` keywords;
-`labels=` too. Several `tracer.invoke(...)` blocks form one left-padded batch with
-merged attention masks; each invoke sees only its own rows.
+BatchEncoding (every key is passed on: `token_type_ids`, `position_ids`,
+`decoder_input_ids`, ...), or the same as keywords (`input_ids=`, `labels=`, ...).
+Several `tracer.invoke(...)` blocks form one left-padded batch with merged attention
+masks; each invoke sees only its own rows. A left-padded batch gets `position_ids`
+counted over its attended tokens (as `generate` does), so every prompt sees the
+positions it has alone. Keywords given to `LanguageModel(...)` (dtype,
+attn_implementation, config overrides such as num_hidden_layers) shape the lazy
+meta model exactly as they shape the loaded one.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Any
 
 import torch
@@ -25,15 +32,15 @@ from ..envoy import Envoy
 from ..model import NNsight
 from ..tracing.tracer import Tracer
 from .generator import Generator
-from .lm_inputs import INPUT_KEYS, left_pad_and_stack, normalize
+from .lm_inputs import TOKEN_KEYS, batch_inputs, batch_size, normalize, with_positions
 
 
 class GenerateTracer(Tracer):
     """`model.generate(...)`: the run is `generate`, each forward call one step."""
 
     def __init__(self, model: "LanguageModel", args: tuple, kwargs: dict):
-        inputs = {k: v for k, v in kwargs.items() if k in INPUT_KEYS}
-        self.generate_kwargs = {k: v for k, v in kwargs.items() if k not in INPUT_KEYS}
+        inputs = {k: v for k, v in kwargs.items() if k in TOKEN_KEYS}
+        self.generate_kwargs = {k: v for k, v in kwargs.items() if k not in TOKEN_KEYS}
         super().__init__(model, model._target, args, inputs)
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
@@ -57,9 +64,7 @@ class LanguageModel(NNsight):
                 module = automodel.from_pretrained(repo_or_folder, *args, device_map=device_map,
                                                    **from_pretrained_kwargs)
             else:
-                config = AutoConfig.from_pretrained(repo_or_folder)
-                with torch.device("meta"):
-                    module = automodel.from_config(config)
+                module = _meta_model(automodel, repo_or_folder, from_pretrained_kwargs)
             dispatched = dispatch
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(
@@ -98,16 +103,25 @@ class LanguageModel(NNsight):
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
         if len(args) > 1:
             raise ValueError(f"Give one input per invoke (a prompt, a list of prompts or token ids), got {len(args)}")
-        inputs = {k: kwargs.pop(k) for k in INPUT_KEYS if k in kwargs}
-        ids, mask, labels = normalize(self.tokenizer, args[0] if args else None, **inputs)
-        prepared = {"input_ids": ids, "attention_mask": mask, **({"labels": labels} if labels is not None else {})}
-        return (), {**prepared, **kwargs}, ids.shape[0]
+        inputs = normalize(self.tokenizer, args[0] if args else None, **kwargs)
+        self._check_keys(inputs)
+        return (), inputs, batch_size(inputs)
+
+    def _check_keys(self, inputs: dict) -> None:
+        """Refuses keys the model's forward does not take (they would be dropped or fail deep inside)."""
+        taken = _forward_keys(type(self._module))
+        unknown = sorted(key for key in inputs if key not in taken and (taken.open is False or key in TOKEN_KEYS))
+        if unknown:
+            raise ValueError(
+                f"{type(self._module).__name__}.forward takes no {', '.join(repr(k) for k in unknown)}: it takes "
+                f"{', '.join(sorted(taken))}"
+            )
 
     def _batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
-        parts = [(kw["input_ids"], kw["attention_mask"], kw.get("labels")) for _, kw, _ in prepared]
-        batch = left_pad_and_stack(self.tokenizer.pad_token_id, parts)
-        extra = {k: v for _, kw, _ in prepared for k, v in kw.items() if k not in INPUT_KEYS}
-        return (), {**extra, **batch}
+        return (), batch_inputs(self.tokenizer.pad_token_id, [kwargs for _, kwargs, _ in prepared])
+
+    def _takes_positions(self) -> bool:
+        return "position_ids" in inspect.signature(type(self._module).forward).parameters
 
     def _on_device(self, kwargs: dict) -> dict:
         device = next((p.device for p in self._module.parameters()), torch.device("cpu"))
@@ -116,6 +130,8 @@ class LanguageModel(NNsight):
     # ---- running ----
     def _run(self, args: tuple, kwargs: dict) -> Any:
         self.dispatch()
+        if self._takes_positions():
+            kwargs = with_positions(kwargs)
         return self._module(*args, **self._on_device(kwargs))
 
     def _run_generate(self, inputs: dict, generate_kwargs: dict, end_loops) -> Any:
@@ -131,3 +147,48 @@ class LanguageModel(NNsight):
     def generate(self, *args: Any, **kwargs: Any) -> GenerateTracer:
         """A trace of `generate`: `with model.generate(prompt, max_new_tokens=n) as tracer:`."""
         return GenerateTracer(self, args, kwargs)
+
+
+class _Keys(frozenset):
+    """The keyword names a forward takes; `open`: it also takes any other keyword (a bare `**kwargs`)."""
+
+    open = False
+
+
+def _forward_keys(module_class: type) -> _Keys:
+    forward = module_class.forward
+    parameters = inspect.signature(forward).parameters
+    names = {name for name, p in parameters.items()
+             if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    rest = next((p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    keys = _Keys(names)
+    if rest is None:
+        return keys
+    try:  # `**kwargs: Unpack[SomeTypedDict]` names the keywords it takes
+        hint = typing.get_type_hints(forward).get(rest.name)
+        (typed,) = typing.get_args(hint) if typing.get_origin(hint) is typing.Unpack else (None,)
+        names |= set(typed.__annotations__)
+        return _Keys(names)
+    except Exception:  # noqa: BLE001 - no usable annotation: any keyword may be taken
+        keys = _Keys(names)
+        keys.open = True
+        return keys
+
+
+def _meta_model(automodel: Any, repo_or_folder: Any, from_pretrained_kwargs: dict) -> torch.nn.Module:
+    """The model `automodel.from_pretrained(repo_or_folder, **from_pretrained_kwargs)` will load,
+    built on the meta device: same config overrides, dtype and attention implementation."""
+    from transformers import AutoConfig  # transformers loads on first use, not on `import nnsight_fast`
+
+    kwargs = dict(from_pretrained_kwargs)
+    model_kwargs = {key: kwargs.pop(key) for key in ("dtype", "torch_dtype", "attn_implementation") if key in kwargs}
+    if "torch_dtype" in model_kwargs:
+        model_kwargs.setdefault("dtype", model_kwargs.pop("torch_dtype"))
+    if "trust_remote_code" in kwargs:
+        model_kwargs["trust_remote_code"] = kwargs["trust_remote_code"]
+    # keywords naming config fields (num_hidden_layers=1, ...) override the config, as in from_pretrained
+    config, _loading_only = AutoConfig.from_pretrained(repo_or_folder, return_unused_kwargs=True, **kwargs)
+    if model_kwargs.get("dtype") == "auto":
+        model_kwargs["dtype"] = getattr(config, "dtype", None) or torch.float32
+    with torch.device("meta"):
+        return automodel.from_config(config, **model_kwargs)

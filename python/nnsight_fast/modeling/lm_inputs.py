@@ -1,13 +1,18 @@
 """What a language model accepts as input, and how several invokes form one batch.
 
-    ids, mask, labels = normalize(tokenizer, "Hello world")           # str
-    ids, mask, labels = normalize(tokenizer, ["a", "b c"])            # list of str
-    ids, mask, labels = normalize(tokenizer, [[1, 2, 3]])             # token ids (list or tensor)
-    ids, mask, labels = normalize(tokenizer, {"input_ids": ..., "attention_mask": ...})
-    batch = left_pad_and_stack(tokenizer.pad_token_id, [(ids1, mask1, None), (ids2, mask2, None)])
+    inputs = normalize(tokenizer, "Hello world")           # str -> {"input_ids", "attention_mask"}
+    inputs = normalize(tokenizer, ["a", "b c"])            # list of str (left-padded)
+    inputs = normalize(tokenizer, [[1, 2, 3]])             # token ids (list or tensor)
+    inputs = normalize(tokenizer, tokenizer("Hi", return_tensors="pt"))   # a dict / BatchEncoding:
+    inputs = normalize(tokenizer, None, input_ids=ids, token_type_ids=types)  # every key is kept
+    batch = batch_inputs(tokenizer.pad_token_id, [inputs1, inputs2])       # left-padded, rows in order
+    batch = with_positions(batch)          # position_ids from the attention mask (left padding)
 
-Everything ends as left-padded `input_ids` and `attention_mask` (B, T) tensors;
-`labels` are padded with -100. An empty prompt is refused with a ValueError.
+Every invoke ends as a dict of `input_ids` (or `inputs_embeds`) and `attention_mask`
+(batch, tokens) plus whatever else it gave (`position_ids`, `token_type_ids`,
+`decoder_input_ids`, `labels`, ...). Batching left-pads each per-token tensor to the
+longest invoke: ids with the pad token, masks with 0, `labels` with -100, embeddings
+and anything else with 0. An empty prompt is refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Any
 
 import torch
 
-INPUT_KEYS = ("input_ids", "attention_mask", "labels")
+#: Keys that hold the model's inputs (the rest of a trace's keywords are settings).
+TOKEN_KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "token_type_ids", "inputs_embeds",
+              "decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "decoder_position_ids")
 
 
 def _empty_prompt() -> ValueError:
@@ -51,54 +58,119 @@ def _pad_lists(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def normalize(tokenizer, value: Any = None, **keywords: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One invoke's input as (input_ids, attention_mask, labels or None)."""
-    labels = keywords.get("labels")
-    if value is None:
-        if "input_ids" not in keywords:
-            raise ValueError("No input: give a prompt, token ids, or input_ids=...")
-        value = {k: v for k, v in keywords.items() if k in ("input_ids", "attention_mask")}
+def _as_mapping(tokenizer, value: Any) -> dict:
+    """A prompt, prompts or token ids as {"input_ids", "attention_mask"}; a mapping as a plain dict."""
     if isinstance(value, str):
         value = [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         if any(v == "" for v in value):
             raise _empty_prompt()
         encoded = tokenizer(list(value), return_tensors="pt", padding=True)
-        value = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     if isinstance(value, Mapping):
-        if "input_ids" not in value:
-            raise ValueError(f"An input mapping needs `input_ids`, got keys {sorted(value)}")
-        ids = _as_rows(value["input_ids"])
-        mask = value.get("attention_mask")
-        mask = torch.ones_like(ids) if mask is None else _as_rows(mask)
-        labels = value.get("labels", labels)
-    elif isinstance(value, (list, tuple)) and value and not isinstance(value[0], int):
+        return dict(value)
+    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], int) and \
+            not isinstance(value[0], torch.Tensor):
         ids, mask = _pad_lists([list(r) for r in value], tokenizer.pad_token_id or 0)
+        return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": _as_rows(value)}
+
+
+def normalize(tokenizer, value: Any = None, **keywords: Any) -> dict[str, Any]:
+    """One invoke's inputs: the prompt (or mapping) `value` plus input keywords, as one dict
+    whose `input_ids`/`attention_mask` (or `inputs_embeds`) are (batch, tokens) tensors."""
+    if value is None:
+        if "input_ids" not in keywords and "inputs_embeds" not in keywords:
+            raise ValueError("No input: give a prompt, token ids, input_ids=... or inputs_embeds=...")
+        inputs = {}
     else:
-        ids = _as_rows(value)
-        mask = torch.ones_like(ids)
-    if tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
-    if labels is not None:
-        labels = _as_rows(labels)
-    return ids, mask, labels
+        inputs = _as_mapping(tokenizer, value)
+    for key, given in keywords.items():  # keywords beside a prompt add to (or replace) its keys
+        inputs[key] = given
+    if "input_ids" in inputs:
+        ids = inputs["input_ids"] = _as_rows(inputs["input_ids"])
+    elif "inputs_embeds" in inputs:
+        embeds = inputs["inputs_embeds"]
+        if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.shape[1] == 0:
+            raise ValueError("inputs_embeds must be a (batch, tokens, hidden) tensor with at least one token")
+        ids = embeds[..., 0]
+    else:
+        raise ValueError(f"An input mapping needs `input_ids` or `inputs_embeds`, got keys {sorted(inputs)}")
+    mask = inputs.get("attention_mask")
+    inputs["attention_mask"] = torch.ones(ids.shape, dtype=torch.long) if mask is None else _as_rows(mask)
+    if tuple(inputs["attention_mask"].shape) != tuple(ids.shape):
+        raise ValueError(f"attention_mask shape {tuple(inputs['attention_mask'].shape)} does not match the "
+                         f"tokens {tuple(ids.shape)}")
+    if inputs.get("labels") is not None:
+        inputs["labels"] = _as_rows(inputs["labels"])
+    return inputs
 
 
-def left_pad_and_stack(pad_token_id: int, parts: list[tuple]) -> dict[str, torch.Tensor]:
-    """Several (ids, mask, labels) as one left-padded batch (rows in order)."""
-    width = max(ids.shape[1] for ids, _, _ in parts)
+def batch_size(inputs: dict) -> int:
+    tokens = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+    return tokens.shape[0]
 
-    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        if t.shape[1] == width:
-            return t
-        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
 
-    batch = {
-        "input_ids": torch.cat([pad(ids, pad_token_id) for ids, _, _ in parts]),
-        "attention_mask": torch.cat([pad(mask, 0) for _, mask, _ in parts]),
-    }
-    if any(labels is not None for _, _, labels in parts):
-        batch["labels"] = torch.cat(
-            [pad(labels if labels is not None else torch.full_like(ids, -100), -100) for ids, _, labels in parts]
-        )
+def _pad_value(key: str, pad_token_id: int) -> float:
+    if key == "labels":
+        return -100
+    if key.endswith("input_ids"):
+        return pad_token_id
+    return 0  # masks (padding is not attended), positions, token types, embeddings
+
+
+def _left_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    missing = width - t.shape[1]
+    if missing == 0:
+        return t
+    pad = t.new_full((t.shape[0], missing, *t.shape[2:]), value)
+    return torch.cat([pad, t], dim=1)
+
+
+def batch_inputs(pad_token_id: int, parts: list[dict]) -> dict[str, Any]:
+    """Several invokes' inputs as one batch: per-row tensors are left-padded to the longest
+    invoke (per key) and stacked in invoke order; other values must agree."""
+    keys = list(dict.fromkeys(key for part in parts for key in part))
+    batch: dict[str, Any] = {}
+    for key in keys:
+        values = [part.get(key) for part in parts]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if not tensors:
+            if any(v != values[0] for v in values):
+                raise ValueError(f"Invokes give different `{key}` ({values}): give it once, to the trace")
+            batch[key] = values[0]
+            continue
+        if len(tensors) < len(values):
+            if key == "labels":  # an invoke without labels is not scored
+                values = [v if v is not None else torch.full((batch_size(p), 1), -100, dtype=torch.long)
+                          for v, p in zip(values, parts)]
+            else:
+                raise ValueError(f"Only some invokes give `{key}`: give it to every invoke or to none")
+        for value, part in zip(values, parts):
+            if value.dim() == 0 or value.shape[0] != batch_size(part):
+                raise ValueError(f"`{key}` has shape {tuple(value.shape)}; each invoke's `{key}` must have one "
+                                 f"row per prompt ({batch_size(part)})")
+        if values[0].dim() >= 2 and any(v.shape[1] != values[0].shape[1] for v in values):
+            width = max(v.shape[1] for v in values)
+            values = [_left_pad(v, width, _pad_value(key, pad_token_id)) for v in values]
+        batch[key] = torch.cat(values)
+    for decoder in ("decoder_input_ids", "decoder_inputs_embeds"):
+        # decoder inputs of different lengths were left-padded: mask the padding
+        lengths = [p[decoder].shape[1] for p in parts if isinstance(p.get(decoder), torch.Tensor)]
+        if lengths and len(set(lengths)) > 1 and "decoder_attention_mask" not in batch:
+            width = max(lengths)
+            batch["decoder_attention_mask"] = torch.cat(
+                [_left_pad(torch.ones(p[decoder].shape[:2], dtype=torch.long), width, 0) for p in parts])
     return batch
+
+
+def with_positions(inputs: dict) -> dict:
+    """Adds `position_ids` counted over the attended tokens (as `generate` does), so a
+    left-padded row sees the positions it would have alone. Unpadded inputs are left as
+    they are."""
+    mask = inputs.get("attention_mask")
+    if "position_ids" in inputs or not isinstance(mask, torch.Tensor) or bool(mask.all()):
+        return inputs
+    positions = mask.long().cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)
+    return {**inputs, "position_ids": positions}
