@@ -268,4 +268,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("mount_on_object", [](const std::string& name, py::object function) {
     if (!mount_on_object(name.c_str(), function.ptr())) throw py::error_already_set();
   });
+  m.def("unmount_from_object", [](const std::string& name) {
+    if (!unmount_from_object(name.c_str())) throw py::error_already_set();
+  });
 }

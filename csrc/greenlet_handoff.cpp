@@ -166,6 +166,19 @@ __attribute__((noinline)) PyObject* start_deeper(PyGreenlet* body, uintptr_t* to
   return PyGreenlet_Switch(body, nullptr, nullptr);
 }
 
+// torch.compile's frame evaluator (dynamo) is per thread: when a Gate inside a compiled
+// model switches into a body, the body's frames must run as plain Python, not be
+// compiled. `set_eval_frame(None)` turns it off (returning what was set) for the
+// body's turn; the model side gets its own back when the turn ends.
+PyObject* g_set_eval_frame = nullptr;
+
+PyObject* swap_eval_frame(PyObject* callback) {  // new reference to the previous one (or nullptr)
+  if (g_set_eval_frame == nullptr) return nullptr;
+  PyObject* previous = PyObject_CallOneArg(g_set_eval_frame, callback);
+  if (previous == nullptr) PyErr_Clear();
+  return previous;
+}
+
 bool job_ended(PyObject* result) {
   return result != nullptr && PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 2 &&
          PyTuple_GET_ITEM(result, 0) == g_ended;
@@ -176,6 +189,12 @@ bool job_ended(PyObject* result) {
 bool init_greenlet_handoff() {
   PyGreenlet_Import();
   if (_PyGreenlet_API == nullptr) return false;
+  PyObject* eval_frame = PyImport_ImportModule("torch._C._dynamo.eval_frame");
+  if (eval_frame != nullptr) {
+    g_set_eval_frame = PyObject_GetAttrString(eval_frame, "set_eval_frame");
+    Py_DECREF(eval_frame);
+  }
+  PyErr_Clear();  // no dynamo in this torch: nothing to turn off
   g_ended = PyObject_CallNoArgs(reinterpret_cast<PyObject*>(&PyBaseObject_Type));
   g_runner_function = PyCFunction_New(&runner_def, nullptr);
   if (g_ended == nullptr || g_runner_function == nullptr) return false;
@@ -256,6 +275,7 @@ Outcome GreenletHandoff::enter_with(Entry entry) {
   set_active_trace(nullptr);  // calls made by the body are not part of the trace
   tls_in_body = true;
   set_busy(true);
+  PyObject* model_eval_frame = swap_eval_frame(Py_None);
   PyObject* result = nullptr;
   if (entry == Entry::Cancel) {
     result = PyGreenlet_Throw(body, cancelled_type(), Py_None, Py_None);
@@ -267,6 +287,15 @@ Outcome GreenletHandoff::enter_with(Entry entry) {
     result = PyGreenlet_Switch(body, nullptr, nullptr);
   }
   model_view.restore();
+  if (model_eval_frame != nullptr) {
+    if (model_eval_frame != Py_None) {
+      PyObject *type, *value, *traceback;
+      PyErr_Fetch(&type, &value, &traceback);  // the body's error (if any) goes on to the model side
+      Py_XDECREF(swap_eval_frame(model_eval_frame));
+      PyErr_Restore(type, value, traceback);
+    }
+    Py_DECREF(model_eval_frame);
+  }
 
   const bool ended = job_ended(result);
   if (!ended && PyGreenlet_ACTIVE(body)) {  // parked again

@@ -12,5 +12,7 @@ namespace nnsight_fast {
 
 // Returns false with a Python error set on failure.
 bool mount_on_object(const char* name, PyObject* function);
+// Removes what mount_on_object put there (nothing when it is not there).
+bool unmount_from_object(const char* name);
 
 }  // namespace nnsight_fast

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
-import functools
+import dis
 import linecache
 import sys
 import types
@@ -35,6 +35,7 @@ from .errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
 _BUILTINS = builtins.__dict__
+_NOP = dis.opmap["NOP"]
 _LOOP_END = "__nnsight_fast_LoopEnd__"
 
 
@@ -103,7 +104,6 @@ class BodyCapture:
     def __init__(self, frame: types.FrameType, site: "_Site"):
         self.frame = frame
         self.site = site
-        self.first_line: int | None = None
         self._previous_trace = sys.gettrace()
         self._previous_frame_trace = frame.f_trace
 
@@ -113,30 +113,28 @@ class BodyCapture:
         body_line = capture.site.statement.body[0].lineno
 
         def skip(frame_, event, arg):
-            if event == "line" and frame_.f_lineno >= body_line:
-                capture.first_line = frame_.f_lineno
-                # A body of only `pass`/constants compiles to a NOP that Python's `with`
-                # does not guard: let it run (it does nothing) instead of raising there.
-                if not capture.site.trivial:
-                    raise SkipBody()
-                frame_.f_trace = capture._previous_frame_trace
+            # A statement compiled to a NOP (`pass`, `try:`, a docstring) sits before the
+            # range Python's `with` guards: raise at the next line, which is inside it. A
+            # body of NOPs only runs as it is (it does nothing) and __exit__ sees no error.
+            if event == "line" and frame_.f_lineno >= body_line and frame_.f_code.co_code[frame_.f_lasti] != _NOP:
+                raise SkipBody()
             return skip
 
-        if capture._previous_trace is None:
-            sys.settrace(_no_global_trace)
+        sys.settrace(_no_global_trace if capture._previous_trace is None else capture._previous_trace)
         frame.f_trace = skip
         return capture
 
     def disarm(self) -> None:
+        """Puts back the frame's and the thread's trace functions (a debugger's, coverage's):
+        raising SkipBody from a trace function made Python drop the thread's."""
         self.frame.f_trace = self._previous_frame_trace
-        if self._previous_trace is None:
-            sys.settrace(None)
+        sys.settrace(self._previous_trace)
 
     def skipped(self, kind: type | None) -> bool:
         """True when the body was skipped by us (and should be run); disarms either way."""
         self.disarm()
         if kind is None:
-            return True  # a trivial body ran as a no-op: still a trace to run
+            return True  # a body of NOPs ran as a no-op: still a trace to run
         return kind is SkipBody
 
     def compile(self) -> CapturedBody:
@@ -200,15 +198,8 @@ class _Site:
     names: tuple
     compiled: dict
 
-    @functools.cached_property
-    def trivial(self) -> bool:
-        """The body does nothing (only `pass`, `...` or strings)."""
-        return all(
-            isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
-            for s in self.statement.body
-        )
-
     def compile(self, parameters: tuple, late: tuple) -> types.CodeType:
+        _refuse_return(self.filename, self.statement.body)
         body = [_EndableLoops().visit(copy.deepcopy(statement)) for statement in self.statement.body]
         body = [node for item in body for node in (item if isinstance(item, list) else [item])]
         first = body[0]
@@ -254,25 +245,37 @@ def _site(filename: str, line: int, code: types.CodeType) -> _Site:
     return site
 
 
+_files: dict[str, tuple[list, list]] = {}  # filename -> (its linecache lines, its `with` statements)
+
+
+def with_statements(filename: str) -> list:
+    """The `with` statements of a source file, parsed once per version of the file."""
+    lines = linecache.getlines(filename)
+    known = _files.get(filename)
+    if known is not None and known[0] is lines:
+        return known[1]
+    if not lines:
+        return []
+    tree = ast.parse("".join(lines), filename)
+    found = [node for node in ast.walk(tree) if isinstance(node, (ast.With, ast.AsyncWith)) and node.body]
+    _files[filename] = (lines, found)
+    return found
+
+
 def _find_site(filename: str, line: int) -> _Site:
     """The innermost `with` statement whose header spans `line`."""
-    lines = linecache.getlines(filename)
-    if not lines:
+    statements = with_statements(filename)
+    if not statements and not linecache.getlines(filename):
         raise ValueError(
             f"Cannot find the source of the traced `with` block in {filename!r}: nnsight_fast runs the "
             "block from its source, so trace from a file (or a notebook cell), not from `python -c` or "
             "a bare interactive prompt"
         )
-    tree = ast.parse("".join(lines), filename)
     found = None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.With, ast.AsyncWith)) and node.body and node.lineno <= line < node.body[0].lineno:
-            if found is None or node.lineno >= found.lineno:
-                found = node
-    if found is None and any(
-        isinstance(node, (ast.With, ast.AsyncWith)) and node.lineno <= line <= node.body[0].lineno
-        for node in ast.walk(tree)
-    ):
+    for node in statements:
+        if node.lineno <= line < node.body[0].lineno and (found is None or node.lineno >= found.lineno):
+            found = node
+    if found is None and any(node.lineno <= line <= node.body[0].lineno for node in statements):
         raise ValueError(
             "The body of a traced `with` must start on its own line: nnsight_fast runs the body itself "
             "and can only intercept it where a new line starts"
@@ -283,6 +286,25 @@ def _find_site(filename: str, line: int) -> _Site:
             "(was the file changed since it was imported?)"
         )
     return site_of(filename, found)
+
+
+def _refuse_return(filename: str, statements: list) -> None:
+    """A `return` (or `yield`) directly in a body would only leave the body: refuse it."""
+    stack = list(statements)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, (ast.Return, ast.Yield, ast.YieldFrom)):
+            word = "return" if isinstance(node, ast.Return) else "yield"
+            error = SyntaxError(
+                f"`{word}` inside a traced `with` block: the block runs as the trace, not as part of the "
+                f"enclosing function, so `{word}` cannot leave that function from here. Save the value and "
+                f"`{word}` it after the `with` block"
+            )
+            error.filename, error.lineno = filename, node.lineno
+            raise error
+        stack.extend(ast.iter_child_nodes(node))
 
 
 def site_of(filename: str, statement: ast.With) -> _Site:

@@ -11,6 +11,9 @@ A value is kept (and its variable written back to the caller) only when saved.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -60,7 +63,6 @@ def _define_strict_classes_first() -> None:
     anyio's TypedAttributeSet subclasses check `dir(cls)` when they are defined and
     would reject the mounted `save`; defining them before the mount avoids that.
     """
-    import importlib
     import importlib.util
 
     if importlib.util.find_spec("anyio") is None:
@@ -72,5 +74,37 @@ def _define_strict_classes_first() -> None:
             pass
 
 
+class _UnmountedWhileImported(importlib.abc.MetaPathFinder):
+    """Takes `save` off `object` while the modules that list every method of their classes
+    at import run: torch.compile's inductor builds its op table from `dir()` of a handler
+    class at import (`torch._inductor.ops_handler`), and `save` must not become an op."""
+
+    MODULES = frozenset({"torch._inductor.ops_handler"})
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _UnmountingLoader(spec.loader)
+        return spec
+
+
+class _UnmountingLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        _native.unmount_from_object("save")
+        try:
+            self._loader.exec_module(module)
+        finally:
+            _native.mount_on_object("save", save)
+
+
 _define_strict_classes_first()
+sys.meta_path.insert(0, _UnmountedWhileImported())
 _native.mount_on_object("save", save)

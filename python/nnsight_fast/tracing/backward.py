@@ -25,7 +25,7 @@ import torch
 from .. import _native
 from ..errors import Cancelled, OutOfOrderError
 from ..mediator import Mediator, current_mediator
-from ..capture import CapturedBlock, write_back
+from ..capture import CapturedBlock, with_statements, write_back
 
 _original_backward = torch.Tensor.backward
 _original_grad = torch._C.TensorBase.grad
@@ -98,7 +98,7 @@ class BackwardTracer(CapturedBlock):
 
 def _backward(self: torch.Tensor, *args: Any, **kwargs: Any):
     """Tensor.backward: inside a trace body, `with loss.backward():` opens a backward block."""
-    outer = current_mediator()
+    outer = None if torch.compiler.is_compiling() else current_mediator()
     if outer is not None and not isinstance(outer.tracer, BackwardTracer) and _called_as_with(sys._getframe(1)):
         return BackwardTracer(self, args, kwargs, outer)
     return _original_backward(self, *args, **kwargs)
@@ -121,6 +121,8 @@ def _set_grad(self: torch.Tensor, value: Any) -> None:
 
 
 def _backward_block() -> BackwardTracer | None:
+    if torch.compiler.is_compiling():  # code torch.compile traces is never a trace body
+        return None
     mediator = current_mediator()
     return mediator.tracer if mediator is not None and isinstance(mediator.tracer, BackwardTracer) else None
 
@@ -133,20 +135,12 @@ def _called_as_with(frame) -> bool:
     key = (frame.f_code, frame.f_lineno)
     found = _with_calls.get(key)
     if found is None:
-        import linecache
-
         found = False
-        lines = linecache.getlines(frame.f_code.co_filename)
-        if lines:
-            try:
-                tree = ast.parse("".join(lines))
-            except SyntaxError:
-                tree = None
-            for node in ast.walk(tree) if tree is not None else ():
-                if isinstance(node, ast.With) and node.lineno <= frame.f_lineno <= node.body[0].lineno - 1:
-                    expression = node.items[0].context_expr
-                    found = (isinstance(expression, ast.Call) and isinstance(expression.func, ast.Attribute)
-                             and expression.func.attr == "backward")
+        for node in with_statements(frame.f_code.co_filename):
+            if node.lineno <= frame.f_lineno <= node.body[0].lineno - 1:
+                expression = node.items[0].context_expr
+                found = (isinstance(expression, ast.Call) and isinstance(expression.func, ast.Attribute)
+                         and expression.func.attr == "backward")
         _with_calls[key] = found
     return found
 

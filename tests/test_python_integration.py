@@ -1,0 +1,151 @@
+"""Traces among the rest of Python: torch.compile, debuggers and coverage (sys.settrace),
+bodies that start with `try:` or `pass`, `return` in a body, large source files."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import warnings
+
+import pytest
+import torch
+
+from nnsight_fast import NNsight
+from nnsight_fast import capture
+
+from models import MLP
+from test_reliability import run_script
+
+
+def test_torch_compile_works_after_import_and_edits_take_effect(tmp_path):
+    """inductor lists its handler classes' methods when it is imported: `save` on object must not
+    break it. Compiled whole models and compiled submodules still see edits."""
+    out = run_script(tmp_path, """
+        import torch
+        import nnsight_fast                      # before torch._inductor is imported
+        from nnsight_fast import NNsight
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        x = torch.randn(3, 4)
+        plain = torch.compile(net)               # inductor, unwrapped
+        ok = [bool(torch.allclose(plain(x), net(x), atol=1e-6))]
+        model = NNsight(torch.compile(net))      # a compiled whole model, wrapped
+        with model.trace(x):
+            model._orig_mod[0].output[:] = 0
+            out = model.output.save()
+        ok.append(bool(torch.allclose(out, net[2](net[1](torch.zeros(3, 4))), atol=1e-6)))
+        other = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        other[2] = torch.compile(other[2])       # a compiled submodule
+        wrapped = NNsight(other)
+        with wrapped.trace(x):
+            wrapped[2].output[:] = 1
+            edited = wrapped.output.save()
+        ok.append(bool(torch.equal(edited, torch.ones(3, 2))))
+        ok.append(bool(torch.allclose(wrapped(x), other(x))))
+        print(*ok)
+    """, timeout=600)
+    assert out == ["True"] * 4
+
+
+def test_bodies_are_not_compiled_by_dynamo(clean):
+    """A body served from inside a compiled model runs as plain Python (dynamo would warn
+    about, or compile, the body's frames)."""
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(torch.compile(net, backend="eager"))
+    x = torch.randn(3, 4)
+    with _no_dynamo_warning():  # dynamo warns when it meets the body's native calls
+        with model.trace(x):
+            hidden = model._orig_mod.fc1.output.save()
+            model._orig_mod.fc2.output[:] = 0
+            out = model.output.save()
+    assert torch.allclose(hidden, net.fc1(x))
+    assert torch.allclose(out, net.head(net.act2(torch.zeros(3, 8))))
+
+
+class _no_dynamo_warning:
+    def __enter__(self):
+        self._catcher = warnings.catch_warnings()
+        self._catcher.__enter__()
+        warnings.filterwarnings("error", message=".*Dynamo does not know how to trace")
+
+    def __exit__(self, *exc):
+        return self._catcher.__exit__(*exc)
+
+
+def test_a_debuggers_trace_function_survives_a_trace():
+    model = NNsight(MLP())
+    seen = []
+
+    def tracer(frame, event, arg):
+        seen.append(event)
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        with model.trace(torch.randn(2, 4)):
+            inside = sys.gettrace()
+            out = model.output.save()
+        after = sys.gettrace()
+    finally:
+        sys.settrace(previous)
+    assert after is tracer
+    assert out.shape == (2, 3)
+
+
+@pytest.mark.parametrize("first", ["try", "pass", "docstring"])
+def test_bodies_starting_with_a_nop_statement(first, clean):
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    if first == "try":
+        with model.trace(x):
+            try:
+                out = model.fc1.output.save()
+            except ValueError:
+                out = None
+    elif first == "pass":
+        with model.trace(x):
+            pass
+            out = model.fc1.output.save()
+    else:
+        with model.trace(x):
+            "a docstring-like first statement"
+            out = model.fc1.output.save()
+    assert torch.allclose(out, net.fc1(x))
+    clean(model, x, net(x))
+
+
+def test_return_in_a_body_is_a_clear_error(clean):
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+
+    def traced():
+        with model.trace(x):
+            out = model.output.save()
+            return out
+        return "after the block"  # Python would never get here
+
+    with pytest.raises(SyntaxError, match="`return` inside a traced `with` block"):
+        traced()
+    clean(model, x, net(x))
+
+
+def test_a_large_file_is_parsed_once(tmp_path, monkeypatch):
+    """Each new `with` site of a file finds its statement in one parse of the file."""
+    filler = "\n".join(f"value_{i} = {i}" for i in range(3000))
+    source = filler + "\n" + "\n".join(
+        f"with model.trace(x):\n    out_{i} = model.output.save()\n" for i in range(5))
+    path = tmp_path / "big_script.py"
+    path.write_text(source)
+    parses = []
+    real_parse = ast.parse
+    monkeypatch.setattr(capture.ast, "parse", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    namespace = {"model": NNsight(MLP()), "x": torch.randn(2, 4)}
+    exec(compile(source, str(path), "exec"), namespace)
+    assert all(namespace[f"out_{i}"].shape == (2, 3) for i in range(5))
+    assert len(parses) == 1
