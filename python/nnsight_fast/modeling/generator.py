@@ -6,7 +6,9 @@
             new = model.generator.streamer.output.save()    # each put() of the streamer
 
 `Streamer` follows transformers' streamer protocol (`put` per step — the prompt
-first, then each new token — and `end`); each `put` is one call of the module.
+first, then each new token — and `end`); each `put` is one call of the module's
+forward (its Gate once wrapped), without nn.Module's call machinery: `generate` puts
+every step, traced or not.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Streamer(torch.nn.Module):
         return value
 
     def put(self, value: Any) -> Any:
-        return self(value)
+        return self.forward(value)
 
     def end(self) -> None:
         pass
