@@ -56,10 +56,11 @@ def test_cache_declared_after_a_read_is_refused(clean):
 def test_cache_over_generation_steps(lm):
     with lm.generate("The Eiffel Tower", max_new_tokens=3, do_sample=False) as tracer:
         cache = tracer.cache(modules=[lm.transformer.h[0], lm.lm_head])
-    steps = cache["model.lm_head"]
+    steps = cache["model.lm_head"].output  # nnsight: one entry, its .output the per-step list
     assert isinstance(steps, list) and len(steps) == 3
-    assert steps[1].output.shape[1] == 1
+    assert steps[1].shape[1] == 1
     assert len(cache.model.transformer.h[0].output) == 3
+    assert torch.equal(cache["model.lm_head"].output[0], cache.model.lm_head.output[0])
 
 
 def test_cache_per_invoke_rows(lm):
@@ -79,3 +80,30 @@ def test_cache_per_invoke_rows(lm):
         alone = lm._module(**lm.tokenizer(prompts[1], return_tensors="pt")).logits
     width = alone.shape[1]
     assert torch.allclose(second["model.lm_head"].output[:, -width:], alone, atol=1e-4)
+
+
+def test_cache_inputs_over_generation_steps_match_hooks(lm):
+    """`.output`, `.inputs` and `.input` of a generation cache are per-step lists, equal to what
+    raw hooks see on the same `generate`."""
+    with lm.generate("The Eiffel Tower", max_new_tokens=3, do_sample=False) as tracer:
+        cache = tracer.cache(modules=[lm.transformer.h[1]], include_inputs=True)
+    net = lm._module
+    seen_inputs, seen_outputs = [], []
+    def record(module, args, out):
+        seen_inputs.append(args[0].detach())
+        seen_outputs.append(out)
+
+    handle = net.transformer.h[1].register_forward_hook(record)
+    try:
+        ids = lm.tokenizer("The Eiffel Tower", return_tensors="pt")
+        net.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+    entry = cache["model.transformer.h.1"]
+    assert len(entry.output) == len(entry.inputs) == len(entry.input) == 3
+    for got, expected in zip(entry.input, seen_inputs):
+        assert torch.allclose(got, expected, atol=1e-6)
+    for got, expected in zip(entry.output, seen_outputs):
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        got = got[0] if isinstance(got, tuple) else got
+        assert torch.allclose(got, expected, atol=1e-6)

@@ -2,7 +2,7 @@
 
     with model.generate("Hello", max_new_tokens=3) as tracer:
         cache = tracer.cache(modules=[model.transformer.h[0]], include_inputs=True)
-    cache["model.transformer.h.0"]            # a list of Entry, one per step (an Entry for one visit)
+    cache["model.transformer.h.0"].output     # one value per step (the value itself for one visit)
     cache.model.transformer.h[0].output       # attribute access; also .inputs and .input
     list(cache.keys())
 
@@ -19,23 +19,28 @@ from typing import Any
 
 @dataclass
 class Entry:
-    """One visit of a module: its output and/or its inputs as (args, kwargs)."""
+    """A module's cached values: its output and/or its inputs as (args, kwargs). A module
+    visited several times (generation steps) has a list of each, one item per visit."""
 
     output: Any = None
-    inputs: tuple | None = None
+    inputs: Any = None
+    visits: int = 1
 
     @property
     def input(self) -> Any:
+        """The first input (per visit when there are several)."""
         if self.inputs is None:
             return None
-        args, kwargs = self.inputs
-        return args[0] if args else next(iter(kwargs.values()), None)
+        if self.visits > 1:
+            return [_first_input(inputs) for inputs in self.inputs]
+        return _first_input(self.inputs)
 
 
-def _field(value: Any, name: str) -> Any:
-    if isinstance(value, list):
-        return [getattr(entry, name) for entry in value]
-    return getattr(value, name)
+def _first_input(inputs: tuple | None) -> Any:
+    if inputs is None:
+        return None
+    args, kwargs = inputs
+    return args[0] if args else next(iter(kwargs.values()), None)
 
 
 class CacheDict(dict):
@@ -73,14 +78,12 @@ class CacheDict(dict):
             visits = max(len(values) for values in kinds.values())
             if not visits:
                 continue
-            entries = [
-                Entry(output=_nth(kinds.get("output"), i), inputs=_nth(kinds.get("inputs"), i)) for i in range(visits)
-            ]
-            dict.__setitem__(self, path, entries[0] if visits == 1 else entries)
-
-
-def _nth(values: list | None, index: int) -> Any:
-    return values[index] if values is not None and index < len(values) else None
+            outputs, inputs = kinds.get("output"), kinds.get("inputs")
+            if visits == 1:
+                entry = Entry(output=outputs[0] if outputs else None, inputs=inputs[0] if inputs else None)
+            else:
+                entry = Entry(output=outputs, inputs=inputs, visits=visits)
+            dict.__setitem__(self, path, entry)
 
 
 class _CacheView:
@@ -100,7 +103,7 @@ class _CacheView:
         if name.startswith("_"):
             raise AttributeError(name)
         if name in ("output", "inputs", "input"):
-            return _field(self._cache[self._path], name)
+            return getattr(self._cache[self._path], name)
         return self._child(name)
 
     def __getitem__(self, key: int | str) -> "_CacheView":
