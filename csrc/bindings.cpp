@@ -143,6 +143,7 @@ PYBIND11_MODULE(_native, m) {
       .def("intern", &Dispatcher::intern, "The location id of a name (created on first use).")
       .def("name", &Dispatcher::name)
       .def("__len__", &Dispatcher::size)
+      .def_property_readonly("running", &Dispatcher::running, "True while a trace of this dispatcher runs.")
       .def_property("threaded", &Dispatcher::threaded, &Dispatcher::set_threaded,
                     "True when the model runs modules on other OS threads (see NNsight(threaded=True)).");
 

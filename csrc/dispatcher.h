@@ -44,6 +44,7 @@ class Dispatcher {
     --running_count_;
     if (running_ == trace) running_ = nullptr;
   }
+  bool running() const { return running_count_ > 0; }
   // The trace a visit from another OS thread belongs to: the only running one, if any.
   TraceState* trace_for_other_thread() const { return threaded_ && running_count_ == 1 ? running_ : nullptr; }
 

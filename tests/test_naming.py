@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+
+import pytest
 import torch
 from torch import nn
 
@@ -55,6 +58,32 @@ def test_envoy_classes_by_type_by_suffix_and_for_all():
     assert isinstance(everything.blocks[2].norm, MarkedEnvoy)
 
 
+class MarkedModel(NNsight):
+    envoys = {nn.LayerNorm: MarkedEnvoy}
+
+
+def test_envoy_classes_as_a_class_attribute_and_the_argument_wins():
+    model = MarkedModel(Nested())
+    assert isinstance(model.blocks[0].norm, MarkedEnvoy) and not isinstance(model.embed, MarkedEnvoy)
+    overridden = MarkedModel(Nested(), envoys={nn.Linear: MarkedEnvoy})
+    assert isinstance(overridden.embed, MarkedEnvoy) and not isinstance(overridden.blocks[0].norm, MarkedEnvoy)
+
+
+def test_the_interleaver_is_shared_and_freed_with_the_model():
+    net = Nested()
+    model = NNsight(net)
+    interleaver = model.interleaver
+    assert model.blocks[1].inner.interleaver is interleaver
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        during = model.blocks[0].interleaving.save()
+        out = model.output.save()
+    assert during is True and model.interleaving is False
+    ref = weakref.ref(interleaver)
+    del model, interleaver
+    assert ref() is None
+
+
 def test_get_modules_and_devices():
     net = Nested()
     model = NNsight(net)
@@ -83,7 +112,8 @@ def test_trace_false_runs_once():
 def test_submodules_named_like_envoy_attributes():
     torch.manual_seed(0)
     net = Named()
-    model = NNsight(net)
+    with pytest.warns(UserWarning, match="has a submodule named 'output'.*model.E_output"):
+        model = NNsight(net)
     x = torch.randn(2, 4)
     with model.trace(x):
         first = model.E_input.output.save()
@@ -138,6 +168,12 @@ def test_assigning_values_through_an_envoy_subclass():
         out = model.output.save()
     assert isinstance(model.fc2, MarkedEnvoy) and "output" not in vars(net.fc2)
     assert torch.allclose(out, net.head(torch.zeros(2, 8)))
+
+
+def test_a_bare_envoy_takes_rename_and_envoys():
+    envoy = Envoy(Nested(), rename={"inner": "proj"}, envoys={nn.LayerNorm: MarkedEnvoy})
+    assert envoy.blocks[0].proj is envoy.blocks[0].inner
+    assert isinstance(envoy.blocks[0].norm, MarkedEnvoy)
 
 
 def test_a_bare_envoy_mirrors_any_module():

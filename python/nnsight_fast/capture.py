@@ -24,6 +24,7 @@ import ast
 import builtins
 import copy
 import dis
+import inspect
 import linecache
 import sys
 import types
@@ -156,6 +157,7 @@ class BodyCapture:
             function_code = site.compiled[key] = site.compile(*key)
         function = types.FunctionType(function_code, defined, "<traced block>")
         arguments = tuple([names[name] for name in parameters] + [None] * len(late))
+        forget_snapshot(frame)
         return CapturedBody(function, arguments, frame)
 
 
@@ -327,3 +329,12 @@ def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
         return
     frame.f_locals.update(values)
     _native.locals_to_fast(frame)
+    forget_snapshot(frame)
+
+
+def forget_snapshot(frame: types.FrameType) -> None:
+    """Empties the dict `frame.f_locals` made of a function frame's variables (Python < 3.13
+    keeps it on the frame): otherwise it holds what the variables held then (a model the
+    caller later `del`s) until something reads `f_locals` again."""
+    if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+        frame.f_locals.clear()

@@ -11,17 +11,21 @@
         model.layer3.skip(h)                # don't run layer3, use h as its output
 
 Attributes that are not child modules fall through to the module (`model.layer1.weight`).
-`Envoy(module)` alone mirrors any module (NNsight adds tracing around it).
+`Envoy(module, rename=..., envoys=...)` alone mirrors any module (NNsight adds tracing
+around it); a submodule named like an Envoy attribute (`output`, `input`, `source`, ...)
+is reachable as `E_<name>` (with a warning when the tree is built).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import torch
 
 from . import mediator as _mediator
 from .gating import ModelGates
+from .naming import Naming
 from .source.envoy import module_source
 from .steps import Iterations
 from .values import ValueAccess
@@ -31,23 +35,43 @@ class Envoy(ValueAccess):
     #: A submodule named like an Envoy attribute (`output`, `input`, ...) is reachable as `E_<name>`.
     OVERLOAD_PREFIX = "E_"
 
-    def __init__(self, module: torch.nn.Module, path: str = "model", gates: ModelGates | None = None):
-        if gates is None:  # the root of a tree
-            gates = ModelGates()
-        self.__dict__.update(_module=module, path=path, _gates=gates, _children={})
-        self._input_location, self._output_location = gates.install(module, path)
-        if gates.root_input_location < 0:
-            gates.root_input_location = self._input_location
+    def __init__(self, module: torch.nn.Module, interleaver: ModelGates | None = None, path: str = "model",
+                 rename: dict | None = None, envoys: Any = None):
+        root = interleaver is None
+        if root:  # the root of a tree: its gates, aliases and Envoy classes
+            interleaver = ModelGates(Naming(rename, envoys))
+        self.__dict__.update(_module=module, path=path, _gates=interleaver, _children={})
+        self._input_location, self._output_location = interleaver.install(module, path)
+        if interleaver.root_input_location < 0:
+            interleaver.root_input_location = self._input_location
         for name, child in module.named_children():
             self._add_child(name, child)
+        if root:
+            interleaver.naming.mount(self)
+
+    @property
+    def interleaver(self) -> ModelGates:
+        """What runs this tree's traces (its Gates and dispatcher), shared by every Envoy of the tree."""
+        return self._gates
+
+    @property
+    def interleaving(self) -> bool:
+        """True while a trace of this model runs."""
+        return self._gates.interleaving
 
     def _add_child(self, name: str, module: torch.nn.Module) -> "Envoy":
         path = f"{self.path}.{name}"
         gates = self._gates
-        envoy_class = Envoy if gates.envoy_class is None else gates.envoy_class(module, path)
-        envoy = envoy_class(module, path, gates)
+        envoy = (gates.naming.envoy_class(module, path) or Envoy)(module, gates, path)
         self._children[name] = envoy
-        attribute = self.OVERLOAD_PREFIX + name if hasattr(type(self), name) else name
+        if hasattr(type(self), name):
+            attribute = self.OVERLOAD_PREFIX + name
+            warnings.warn(
+                f"`{self.path}` ({type(self._module).__name__}) has a submodule named '{name}', which is also an "
+                f"Envoy attribute: `{self.path}.{name}` is the Envoy's, reach the submodule as "
+                f"`{self.path}.{attribute}`", UserWarning, stacklevel=3)
+        else:
+            attribute = name
         self.__dict__[attribute] = envoy
         return envoy
 

@@ -6,27 +6,32 @@
     gates.dispatcher.intern("model.result")                # any other location of the tree
 
 Each Envoy asks the tree's gates for its module's locations; a tracer serves values at
-those locations through the dispatcher. `envoy_class(module, path)` picks the Envoy
-class of a child (`NNsight(envoys=...)`).
+those locations through the dispatcher. `naming` holds the tree's aliases (`rename=`)
+and picks the Envoy class of each child (`envoys=`). Every Envoy of a tree shares one
+ModelGates: it is what nnsight calls the tree's `interleaver`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import torch
 
 from . import _native
+from .naming import Naming
 
 
 class ModelGates:
-    def __init__(self, threaded: bool = False, envoy_class: Callable[[torch.nn.Module, str], Any] | None = None):
+    def __init__(self, naming: Naming | None = None, threaded: bool = False):
         self.dispatcher = _native.Dispatcher()
         self.dispatcher.threaded = threaded
-        self.envoy_class = envoy_class  # None: every child is a plain Envoy
+        self.naming = naming if naming is not None else Naming(None, None)
         self.root_input_location = -1  # set by the root Envoy: one visit per step of a run
         self.source_sites: dict = {}  # `.source` of functions called inside forwards (source/envoy.py)
         self._installed: dict[int, tuple[int, int]] = {}
+
+    @property
+    def interleaving(self) -> bool:
+        """True while a trace of this tree runs."""
+        return self.dispatcher.running
 
     def install(self, module: torch.nn.Module, path: str) -> tuple[int, int]:
         """Installs the Gate on `module` (once); returns its (input, output) locations."""

@@ -38,12 +38,13 @@ class NNsight(Envoy):
                  threaded: bool = False):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
-        naming = Naming(rename, envoys)
-        gates = ModelGates(threaded, envoy_class=None if envoys is None else naming.envoy_class)
-        self.__dict__.update(_naming=naming, _dispatcher=gates.dispatcher)
-        super().__init__(module, "model", gates)
+        if envoys is None:  # a subclass may name its Envoy classes: `class MyModel(NNsight): envoys = ...`
+            envoys = getattr(type(self), "envoys", None)
+        gates = ModelGates(Naming(rename, envoys), threaded)
+        self.__dict__["_dispatcher"] = gates.dispatcher
+        super().__init__(module, gates, "model")
+        gates.naming.mount(self)
         self.__dict__["_target"] = ModelTarget(self)
-        naming.mount(self)
 
     @property
     def threaded(self) -> bool:
@@ -126,7 +127,7 @@ class ModelTarget:
         self.input_location = model._input_location
         self.result_location = gates.dispatcher.intern("model.result")
         self.edits = [] if edits is None else edits
-        self.path_aliases = model._naming.alias_paths
+        self.path_aliases = gates.naming.alias_paths
 
     @property
     def module(self) -> torch.nn.Module:

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .envoy import Envoy
+if TYPE_CHECKING:
+    from .envoy import Envoy
 
 
 class Naming:
@@ -27,9 +28,10 @@ class Naming:
         self.component_aliases = {key: set(a.lstrip(".") for a in aliases)
                                   for key, aliases in self.rename.items() if "." not in key}
 
-    def envoy_class(self, module: torch.nn.Module, path: str) -> type:
+    def envoy_class(self, module: torch.nn.Module, path: str) -> type | None:
+        """The Envoy class `envoys=` gives the module at `path` (None: the plain Envoy)."""
         if self.envoys is None:
-            return Envoy
+            return None
         if isinstance(self.envoys, type):
             return self.envoys
         for klass in type(module).__mro__:
@@ -39,7 +41,7 @@ class Naming:
         for key, envoy_class in self.envoys.items():
             if isinstance(key, str) and self._suffix_matches(components, key.strip(".").split(".")):
                 return envoy_class
-        return Envoy
+        return None
 
     def _suffix_matches(self, components: list[str], key: list[str]) -> bool:
         if len(key) > len(components):

@@ -78,7 +78,7 @@ class LanguageModel(NNsight):
             _load_args=args, _load_kwargs=from_pretrained_kwargs,
         )
         super().__init__(module, **naming)
-        generator = Envoy(Generator(), "model.generator", self._gates)
+        generator = Envoy(Generator(), self._gates, "model.generator")
         self._children["generator"] = generator
         self.__dict__["generator"] = generator
 
