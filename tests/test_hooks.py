@@ -58,3 +58,31 @@ def test_hooks_are_removed_after_an_error():
     assert torch.equal(model(x), plain)
     with pytest.raises(AttributeError):
         HookHandler(model, ["nope"], output_hook=broken)
+
+
+def test_nested_handlers_on_one_module_stack_and_remove_only_their_own():
+    torch.manual_seed(0)
+    net = MLP()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    plain = net(x)
+    add_one = HookHandler(model, ["fc1"], output_hook=lambda out, path: out + 1)
+    double = HookHandler(model, ["fc1"], output_hook=lambda out, path: out * 2)
+
+    def rest(hidden):
+        return net.head(torch.relu(net.fc2(torch.relu(hidden))))
+
+    with add_one:
+        with double:  # the inner runs after the outer, like torch hooks registered in that order
+            both = model(x)
+        outer_only = model(x)
+    assert torch.allclose(both, rest((net.fc1(x) + 1) * 2))
+    assert torch.allclose(outer_only, rest(net.fc1(x) + 1))
+    assert torch.equal(model(x), plain)
+    with add_one:
+        with double:
+            pass
+        with double:  # leaving the first inner block removed nothing of the outer
+            again = model(x)
+    assert torch.allclose(again, both)
+    assert torch.equal(model(x), plain)

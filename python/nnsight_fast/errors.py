@@ -37,17 +37,19 @@ class LoopEnd(BaseException):
     The captured body catches it around that very loop (capture.py), so the loop
     ends there and the code after it runs."""
 
-    def __init__(self, loop, step: int, steps_made: int):
+    def __init__(self, loop, step: int, steps_made: int, where: str | None = None):
         super().__init__(step)
         self.loop, self.step, self.steps_made = loop, step, steps_made
+        self.where = where  # the value the body waited for, as 'model.lm_head.output.i5'
 
     def warning(self) -> str | None:
         if not self.loop.bounded:
             return None
+        where = self.where or f"step {self.step}"
         return (
-            f"tracer.iter: step {self.step} was requested but the run made only {self.steps_made} step(s); "
-            "the loop ended there (values saved in earlier steps are kept). Ask for fewer steps, or pin the "
-            "run's length (e.g. min_new_tokens=)."
+            f"'{where}' was never reached: tracer.iter asked for step {self.step} but the run made only "
+            f"{self.steps_made} step(s); the loop ended there (values saved in earlier steps are kept). Ask for "
+            "fewer steps, or pin the run's length (e.g. min_new_tokens=)."
         )
 
 

@@ -26,6 +26,7 @@ class ModelGates:
         self.naming = naming if naming is not None else Naming(None, None)
         self.root_input_location = -1  # set by the root Envoy: one visit per step of a run
         self.source_sites: dict = {}  # `.source` of functions called inside forwards (source/envoy.py)
+        self.location_hooks: dict = {}  # location -> the HookHandler hooks stacked there (hooks.py)
         self._installed: dict[int, tuple[int, int]] = {}
 
     @property

@@ -8,7 +8,9 @@
 
 `input_hook(inputs, path) -> inputs` receives the module's inputs as (args, kwargs);
 `output_hook(output, path) -> output` its output. `model` is an NNsight model (a plain
-module is wrapped); module keys are paths like "transformer.h.0" (or "model.transformer.h.0").
+module is wrapped); module keys are paths like "transformer.h.0" (or "model.transformer.h.0"). Handlers on
+the same module stack: inner ones run after outer ones, and each handler removes only
+its own hooks (as torch's RemovableHandle does).
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from . import _native
 from .model import NNsight
 
 
+class _LocationHooks:
+    """The hooks stacked at one location: the dispatcher holds one callable that runs them all."""
+
+    def __init__(self) -> None:
+        self.hooks: list[tuple[object, Callable[[Any], Any]]] = []  # (owner, hook), outermost first
+
+    def __call__(self, value: Any) -> Any:
+        for _, hook in self.hooks:
+            value = hook(value)
+        return value
+
+
 class HookHandler:
     def __init__(self, model: NNsight | torch.nn.Module, module_keys: list[str],
                  input_hook: Callable[[Any, str], Any] | None = None,
@@ -31,7 +45,6 @@ class HookHandler:
         self._installed: list[int] = []
 
     def __enter__(self) -> "HookHandler":
-        dispatcher = self.model._dispatcher
         try:
             for envoy, key in self.modules:
                 path = envoy.path
@@ -39,7 +52,7 @@ class HookHandler:
                                        (self.output_hook, envoy._output_location)):
                     if hook is None:
                         continue
-                    _native.set_location_hook(dispatcher, location, lambda value, hook=hook, path=path: hook(value, path))
+                    self._stack(location).hooks.append((self, lambda value, hook=hook, path=path: hook(value, path)))
                     self._installed.append(location)
         except BaseException:
             self.__exit__(None, None, None)
@@ -47,6 +60,24 @@ class HookHandler:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        stacks = self._stacks()
         for location in self._installed:
-            _native.set_location_hook(self.model._dispatcher, location, None)
+            stack = stacks.get(location)
+            if stack is None:
+                continue
+            stack.hooks = [(owner, hook) for owner, hook in stack.hooks if owner is not self]
+            if not stack.hooks:
+                del stacks[location]
+                _native.set_location_hook(self.model._dispatcher, location, None)
         self._installed.clear()
+
+    def _stacks(self) -> dict[int, _LocationHooks]:
+        return self.model.interleaver.location_hooks
+
+    def _stack(self, location: int) -> _LocationHooks:
+        stacks = self._stacks()
+        stack = stacks.get(location)
+        if stack is None:
+            stack = stacks[location] = _LocationHooks()
+            _native.set_location_hook(self.model._dispatcher, location, stack)
+        return stack

@@ -288,7 +288,9 @@ class Tracer(CapturedBlock):
             while mediator.loops and mediator.busy:
                 if steps_made is None:
                     steps_made = self._native.visits(self.target.input_location)
-                end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made)
+                waiting = mediator.waiting
+                where = f"{self._native.name(waiting[0])}.i{waiting[1]}" if waiting is not None else None
+                end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made, where)
                 if end.warning():
                     self._warnings = [*self._warnings, end.warning()]
                 mediator.cancel(end)
