@@ -331,3 +331,28 @@ def test_a_wrapped_module_can_be_deep_copied_and_pickled(device, tmp_path):
     with model.trace(x):  # the original stays wrapped
         h = model.fc1.output.save()
     assert torch.equal(h, net.fc1(x))
+
+
+def test_a_trace_inside_another_trace(clean):
+    """Another model traced inside a trace body keeps its saves; the same model nested in
+    itself runs again, inside, and the outer trace goes on after it."""
+    torch.manual_seed(0)
+    net, net2 = MLP(), MLP()
+    model, other = NNsight(net), NNsight(net2)
+    x = torch.randn(2, 4)
+    with model.trace(x):
+        a = model.fc1.output.save()
+        with other.trace(x * 2):
+            b = other.fc1.output.save()
+        c = model.output.save()
+    assert torch.allclose(a, net.fc1(x)) and torch.allclose(c, net(x))
+    assert torch.allclose(b, net2.fc1(x * 2))
+    with model.trace(x):
+        first = model.fc1.output.save()
+        with model.trace(x + 1):
+            inner = model.output.save()
+        outer = model.output.save()
+    assert torch.allclose(first, net.fc1(x))
+    assert torch.allclose(inner, net(x + 1)) and torch.allclose(outer, net(x))
+    clean(model, x, net(x))
+    clean(other, x, net2(x))

@@ -53,6 +53,8 @@ class Tracer(CapturedBlock):
         self.model = model  # the root Envoy, as the user knows it
         self.target = target
         self._session = current_session()  # inside model.session(): everything flows back to it
+        outer = current_mediator()  # a trace opened inside another trace's body: its saves are that body's too
+        self._outer = outer.tracer if outer is not None else None
         self._inputs = (args, kwargs) if args or kwargs else None
         self._invokes: list[Invoke] = []
         self._saved: dict[int, Any] = {}
@@ -174,6 +176,8 @@ class Tracer(CapturedBlock):
         self._saved[id(value)] = value
         if self._session is not None:
             self._session.record_save(value)
+        if self._outer is not None:
+            self._outer.record_save(value)
 
     def add_invoke(self, invoke: Invoke) -> None:
         self._invokes.append(invoke)
