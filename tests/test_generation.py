@@ -91,6 +91,7 @@ def test_tracer_next_and_envoy_next(lm):
 
 
 def test_streamer_output_per_step(lm):
+    """Step i's streamer output is the token sampled at step i, after that step's forward."""
     with lm.generate(PROMPT, max_new_tokens=4, do_sample=False) as tracer:
         pieces = []
         for step in tracer.all():
@@ -98,8 +99,25 @@ def test_streamer_output_per_step(lm):
         pieces.save()
         tokens = tracer.result.save()
     prompt_length = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"].shape[1]
-    assert torch.equal(pieces[0].reshape(-1), tokens[0, :prompt_length])
-    assert [int(p.reshape(-1)[0]) for p in pieces[1:]] == tokens[0, prompt_length:].tolist()
+    assert [int(p.reshape(-1)[0]) for p in pieces] == tokens[0, prompt_length:].tolist()
+
+
+def test_streamer_lines_up_with_the_models_steps(lm):
+    """A block reading a layer and the streamer at each of steps 2..5 gets step i's hidden state and
+    step i's token (the token is the argmax of that step's logits)."""
+    with lm.generate(PROMPT, max_new_tokens=6, do_sample=False) as tracer:
+        hidden, streamed, logits = [], [], []
+        for step in tracer.iter[2:6]:
+            hidden.append(lm.transformer.h[-2].output)
+            logits.append(lm.lm_head.output)
+            streamed.append(lm.generator.streamer.output)
+        hidden.save(); streamed.save(); logits.save()
+        tokens = tracer.result.save()
+    prompt_length = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"].shape[1]
+    assert len(hidden) == len(streamed) == 4
+    assert [int(t.reshape(-1)[0]) for t in streamed] == tokens[0, prompt_length + 2:prompt_length + 6].tolist()
+    assert [int(l[0, -1].argmax()) for l in logits] == [int(t.reshape(-1)[0]) for t in streamed]
+    assert all(h.shape[1] == 1 for h in hidden)
 
 
 def test_a_step_the_run_never_makes_warns_and_ends_the_loop(lm):

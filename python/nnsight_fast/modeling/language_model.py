@@ -138,8 +138,9 @@ class LanguageModel(NNsight):
         self.dispatch()
         generator = self.generator._module
         generate_kwargs = {"pad_token_id": self.tokenizer.pad_token_id, **generate_kwargs}
-        if generate_kwargs.get("num_beams", 1) == 1:
-            generate_kwargs.setdefault("streamer", generator.streamer)
+        if generate_kwargs.get("num_beams", 1) == 1 and "streamer" not in generate_kwargs:
+            generator.streamer.begin()
+            generate_kwargs["streamer"] = generator.streamer
         output = self._module.generate(**self._on_device(inputs), **generate_kwargs)
         end_loops()  # before the generator output, so code after a loop can still read it
         return generator(output)
