@@ -253,3 +253,30 @@ def test_device_map_goes_through_accelerate(gpt2_folder):
     with torch.no_grad():
         expected = model._module(**batch).logits
     assert torch.allclose(logits, expected, atol=1e-5) and hidden.shape[-1] == 64
+
+
+def test_trace_with_fn_steps_through_each_model_call(lm):
+    """`NNsight(hf_model).trace(ids, fn=hf_model.generate, ...)`: each call of the model is a step."""
+    from nnsight_fast import NNsight
+
+    net = lm._module
+    ids = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    seen = []
+    handle = net.lm_head.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()) and None)
+    try:
+        expected_tokens = net.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                       pad_token_id=lm.tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+    model = NNsight(net)
+    with model.trace(ids, fn=net.generate, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                     pad_token_id=lm.tokenizer.pad_token_id) as tracer:
+        logits = []
+        for _ in tracer.all():
+            logits.append(model.lm_head.output)
+        logits.save()
+        tokens = tracer.result.save()
+    assert len(logits) == 8
+    assert torch.equal(tokens, expected_tokens)
+    for got, expected in zip(logits, seen):
+        assert torch.allclose(got, expected, atol=1e-6)

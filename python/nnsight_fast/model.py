@@ -58,15 +58,18 @@ class NNsight(Envoy):
         self._dispatcher.threaded = bool(value)
 
     # ---- tracing ----
-    def trace(self, *args: Any, trace: bool = True, **kwargs: Any) -> Tracer | Any:
+    def trace(self, *args: Any, trace: bool = True, fn: Any = None, **kwargs: Any) -> Tracer | Any:
         """A trace of one forward pass; with inputs, the `with` body is one invoke over them.
 
+        fn=callable runs `fn(*inputs, **kwargs)` instead of the model (e.g. `fn=hf_model.generate`):
+        each call of the wrapped model inside it is one step (`tracer.iter`, `tracer.all()`).
         trace=False runs the model once on the prepared inputs and returns its output."""
+        target = self._target if fn is None else CallTarget(self._target, fn)
         if not trace:
-            self._prepare_run()
-            args, kwargs, _ = self._prepare_inputs(*args, **kwargs)
-            return self._run(args, kwargs)
-        return Tracer(self, self._target, args, kwargs)
+            target.prepare()
+            args, kwargs, _ = target.prepare_inputs(*args, **kwargs)
+            return target.run(args, kwargs)
+        return Tracer(self, target, args, kwargs)
 
     # ---- persistent edits (tracing/edit.py) ----
     def edit(self, *, inplace: bool = False) -> EditTracer:
@@ -144,6 +147,31 @@ class ModelTarget:
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         return self._model()._run(args, kwargs)
+
+
+class CallTarget:
+    """A model's TraceTarget whose run is another callable (`trace(..., fn=hf_model.generate)`)."""
+
+    def __init__(self, target: ModelTarget, fn: Any):
+        self._target, self._fn = target, fn
+        self.dispatcher, self.input_location = target.dispatcher, target.input_location
+        self.result_location, self.edits, self.path_aliases = target.result_location, target.edits, target.path_aliases
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self._target.module
+
+    def prepare(self) -> None:
+        self._target.prepare()
+
+    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        return self._target.prepare_inputs(*args, **kwargs)
+
+    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        return self._target.batch_inputs(prepared)
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        return self._fn(*args, **kwargs)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
