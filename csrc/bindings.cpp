@@ -162,8 +162,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("set_location_hook", [](Dispatcher& dispatcher, int location, py::object hook) {
     set_location_hook(&dispatcher, location, hook.is_none() ? nullptr : hook.ptr());
   });
-  m.def("set_gate_source", [](py::object gate, py::object source_forward, int source_location) {
-    if (!set_gate_source(gate.ptr(), source_forward.is_none() ? nullptr : source_forward.ptr(), source_location))
+  m.def("set_gate_source", [](py::object gate, py::object source_forward) {
+    if (!set_gate_source(gate.ptr(), source_forward.is_none() ? nullptr : source_forward.ptr()))
       throw py::error_already_set();
   });
 
@@ -194,11 +194,6 @@ PYBIND11_MODULE(_native, m) {
       .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
       .def("name", [](Trace& t, int location) { return t.state.dispatcher()->name(location); })
-      .def("unpark", [](Trace& t, int mediator) { t.state.unpark(mediator); })
-      .def("parked", [](Trace& t) { return t.state.parked(); })
-      .def("observe", [](Trace& t, int location) { t.state.observe(location); },
-           "Marks `location` wanted for the rest of the trace (e.g. a module's `.source` flag).")
-      .def("set_visits", [](Trace& t, int location, int64_t visits) { t.state.set_visits(location, visits); })
       .def(
           "add_cache_observer",
           [](Trace& t, int location, py::list sink, bool detach, std::optional<c10::Device> device, py::object dtype,

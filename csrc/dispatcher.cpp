@@ -79,15 +79,6 @@ void TraceState::take(int location, int64_t occurrence, std::vector<int>& ready)
   std::sort(ready.begin(), ready.end());
 }
 
-std::vector<std::tuple<int, int, int64_t>> TraceState::parked() const {
-  std::vector<std::tuple<int, int, int64_t>> out;
-  for (const auto& [location, requests] : parked_)
-    for (const auto& r : requests) out.emplace_back(location, r.mediator, r.occurrence);
-  std::sort(out.begin(), out.end(),
-            [](const auto& a, const auto& b) { return std::get<1>(a) < std::get<1>(b); });
-  return out;
-}
-
 TraceState* active_trace() { return tls_active_trace; }
 
 TraceState* set_active_trace(TraceState* trace) {

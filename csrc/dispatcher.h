@@ -131,11 +131,6 @@ class TraceState {
     if (static_cast<size_t>(location) >= wanted_.size()) grow(location);
     ++wanted_[location];
   }
-  // Starts counting `location` at `visits` (a location first counted mid-trace).
-  void set_visits(int location, int64_t visits) {
-    if (static_cast<size_t>(location) >= visit_counts_.size()) grow(location);
-    visit_counts_[location] = visits;
-  }
 
   // Observers see every visit of a location after the mediators' edits (e.g. a cache).
   // They are opaque here; `observe` marks the location wanted.
@@ -151,8 +146,6 @@ class TraceState {
     for (void* o : it->second) f(o);
   }
 
-  // All parked requests as (location, mediator, occurrence).
-  std::vector<std::tuple<int, int, int64_t>> parked() const;
 
   // Batch layout: set once per trace, before the model runs.
   void set_batch(int64_t batch_size, int input_invokes) {

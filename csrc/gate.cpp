@@ -23,8 +23,7 @@ struct GateObject {
   int input_location;
   int output_location;
   int callee_location;       // SourceOp: where the callee itself can be read or replaced
-  PyObject* source_forward;  // Gate: the forward rewritten for `.source`, or null
-  int source_location;       // Gate: wanted while some mediator asks for one of its operations
+  PyObject* source_forward;  // Gate: the forward rewritten for `.source` (run in every trace once built), or null
 };
 
 // A visit from a thread that runs no trace of this dispatcher: part of the running
@@ -229,8 +228,9 @@ PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t narg
     }
   }
   // nullptr: the Gate's own forward
-  PyObject* forward = self->source_forward != nullptr && trace->wanted(self->source_location) ? self->source_forward
-                                                                                              : nullptr;
+  // Once a module's `.source` exists, traces run its rewritten forward: whether a body will
+  // ask for one of its operations is not known when the module starts.
+  PyObject* forward = self->source_forward;
   return gate_traced(self, forward, trace, args, nargsf, kwnames);
 }
 
@@ -373,7 +373,6 @@ GateObject* alloc_gate(PyTypeObject* type, vectorcallfunc call, PyObject* forwar
   gate->output_location = output_location;
   gate->callee_location = callee_location;
   gate->source_forward = nullptr;
-  gate->source_location = -1;
   PyObject_GC_Track(gate);
   return gate;
 }
@@ -427,7 +426,7 @@ void set_location_hook(Dispatcher* dispatcher, int location, PyObject* hook) {
   Py_XDECREF(static_cast<PyObject*>(dispatcher->set_hook(location, hook)));
 }
 
-bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_location) {
+bool set_gate_source(PyObject* gate, PyObject* source_forward) {
   if (!is_gate(gate)) {
     PyErr_SetString(PyExc_TypeError, "not a Gate");
     return false;
@@ -435,7 +434,6 @@ bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_locati
   auto* self = reinterpret_cast<GateObject*>(gate);
   Py_XINCREF(source_forward);
   Py_XSETREF(self->source_forward, source_forward);
-  self->source_location = source_location;
   return true;
 }
 

@@ -29,9 +29,10 @@ bool is_gate(PyObject* object);
 // rewritten for `.source`; it counts and serves the callee, input and output locations.
 PyObject* new_source_op(PyObject* owner, Dispatcher* dispatcher, int callee_location, int input_location,
                         int output_location);
-// Gives a Gate the rewritten forward it runs while `source_location` is wanted
-// (nullptr removes it). Returns false with a Python error set when `gate` is not a Gate.
-bool set_gate_source(PyObject* gate, PyObject* source_forward, int source_location);
+// Gives a Gate the rewritten forward it runs in every trace (nullptr removes it); the
+// original forward still runs outside traces. Returns false with a Python error set
+// when `gate` is not a Gate.
+bool set_gate_source(PyObject* gate, PyObject* source_forward);
 
 // A mediator's `skip(value)`: the output it wants for its rows instead of the module's.
 struct SkipRequest {

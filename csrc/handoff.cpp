@@ -51,6 +51,7 @@ PyObject* Handoff::request(int location, int64_t occurrence) {
   PyObject* value = park();
   waiting_location_ = -1;
   waiting_occurrence_ = -1;
+  if (value == nullptr) trace_->unpark(index_);  // cancelled: the body goes on without this value
   return value;
 }
 

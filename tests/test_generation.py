@@ -255,11 +255,13 @@ def test_device_map_goes_through_accelerate(gpt2_folder):
     assert torch.allclose(logits, expected, atol=1e-5) and hidden.shape[-1] == 64
 
 
-def test_trace_with_fn_steps_through_each_model_call(lm):
+def test_trace_with_fn_steps_through_each_model_call(lm, gpt2_folder):
     """`NNsight(hf_model).trace(ids, fn=hf_model.generate, ...)`: each call of the model is a step."""
+    from transformers import AutoModelForCausalLM
+
     from nnsight_fast import NNsight
 
-    net = lm._module
+    net = AutoModelForCausalLM.from_pretrained(gpt2_folder)
     ids = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     seen = []
     handle = net.lm_head.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()) and None)

@@ -188,3 +188,18 @@ def test_assign_an_operations_input(looped):
         model.source.torch_relu_0.input = torch.ones(2, 4)
         out = model.output.save()
     assert torch.allclose(out, net.gate(torch.ones(2, 4)))
+
+
+def test_source_operation_after_a_submodule_request_in_the_same_forward(lm):
+    """Editing a submodule's output, then reading an operation of its parent's forward that runs
+    after it: the parent's rewritten forward was chosen before the parent started."""
+    str(lm.transformer.h[0].attn.source)
+    prompt = "The Eiffel Tower is in the city of"
+    with lm.trace(prompt):
+        lm.transformer.h[0].attn.c_attn.output = torch.zeros_like(lm.transformer.h[0].attn.c_attn.output)
+        split = lm.transformer.h[0].attn.source.split_1.output.save()
+    assert all(torch.equal(piece, torch.zeros_like(piece)) for piece in split)
+    with lm.trace(prompt):  # and without the edit, the same operation is the real split of c_attn's output
+        qkv = lm.transformer.h[0].attn.c_attn.output.save()
+        split = lm.transformer.h[0].attn.source.split_1.output.save()
+    assert torch.equal(torch.cat(split, dim=-1), qkv)

@@ -28,6 +28,7 @@ class ModelGates:
         self.source_sites: dict = {}  # `.source` of functions called inside forwards (source/envoy.py)
         self.location_hooks: dict = {}  # location -> the HookHandler hooks stacked there (hooks.py)
         self._installed: dict[int, tuple[int, int]] = {}
+        self._gate_of: dict[int, object] = {}  # id(module) -> its Gate (another wrapper may gate it again)
 
     @property
     def interleaving(self) -> bool:
@@ -40,6 +41,11 @@ class ModelGates:
         if known is not None:
             return known
         locations = (self.dispatcher.intern(f"{path}.input"), self.dispatcher.intern(f"{path}.output"))
-        module.__dict__["forward"] = _native.make_gate(module.forward, self.dispatcher, *locations)
+        gate = module.__dict__["forward"] = _native.make_gate(module.forward, self.dispatcher, *locations)
         self._installed[id(module)] = locations
+        self._gate_of[id(module)] = gate
         return locations
+
+    def gate_of(self, module: torch.nn.Module):
+        """The Gate this tree installed on `module`."""
+        return self._gate_of[id(module)]

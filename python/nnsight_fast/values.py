@@ -4,8 +4,7 @@
         ...
     place.output; place.output = v; place.inputs; place.input = v; place.skip(v); place.next()
 
-Shared by module Envoys and `.source` operations; `_prepare(what)` runs before each
-access (a `.source` operation uses it to make its rewritten forward run).
+Shared by module Envoys and `.source` operations.
 """
 
 from __future__ import annotations
@@ -40,52 +39,39 @@ class ValueAccess:
     path: str
     _input_location: int
     _output_location: int
-    #: True when `_prepare` must run before each access (a `.source` operation)
-    _prepares = False
-
-    def _prepare(self, what: str) -> None:
-        """Runs before each access in a trace body."""
 
     @property
     def output(self) -> Any:
         """The output (in a trace)."""
-        if self._prepares:
-            self._prepare("output")
         return _request(self._output_location, self.path, "output")
 
     @output.setter
     def output(self, value: Any) -> None:
-        self._prepare("output")
         _mediator.assign(self._output_location, self.path, "output", value)
 
     @property
     def inputs(self) -> tuple[tuple, dict]:
         """The inputs as (args, kwargs) (in a trace)."""
-        self._prepare("inputs")
         return _mediator.request(self._input_location, self.path, "inputs")
 
     @inputs.setter
     def inputs(self, value: tuple[tuple, dict]) -> None:
         if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
             raise TypeError(f"`{self.path}.inputs` must be assigned a pair (args: tuple, kwargs: dict)")
-        self._prepare("inputs")
         _mediator.assign(self._input_location, self.path, "inputs", (tuple(value[0]), value[1]))
 
     @property
     def input(self) -> Any:
         """The first input: the first positional argument, else the first keyword one."""
-        self._prepare("input")
         return _first_input(_mediator.request(self._input_location, self.path, "input"))
 
     @input.setter
     def input(self, value: Any) -> None:
-        self._prepare("input")
         inputs = _mediator.request(self._input_location, self.path, "input")
         _mediator.assign(self._input_location, self.path, "input", _with_first_input(inputs, value))
 
     def skip(self, replacement: Any) -> None:
         """Don't run this at its next call in this trace; `replacement` is its output."""
-        self._prepare("skip")
         _mediator.skip(self._input_location, self.path, replacement)
 
     def next(self, step: int = 1):

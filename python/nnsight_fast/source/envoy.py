@@ -10,8 +10,9 @@
         sdpa = model.transformer.h[0].attn.source.attention_interface_1.source.torch_nn_functional_scaled_dot_product_attention_0.output.save()
 
 The forward is rewritten once per code object (rewrite.py) and given to the module's
-Gate, which runs it only while a mediator of the running trace asks for one of its
-operations; otherwise the module runs its original forward at full speed.
+Gate, which runs it in every trace from then on (whether a body will ask for one of
+its operations is not known when the module starts); outside traces the module runs
+its original forward at full speed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 
 from .. import _native
 from .. import mediator as _mediator
-from ..errors import outside_trace_error
 from ..values import ValueAccess
 from .rewrite import RewrittenCode, rewritten
 
@@ -70,9 +70,8 @@ def _owner_class(module_class: type, name: str = "forward") -> type | None:
 class SourceEnvoy:
     """The operations of one function at one site; attribute access gives an OperationEnvoy."""
 
-    def __init__(self, site: SourceSite, activate):
+    def __init__(self, site: SourceSite):
         self._site = site
-        self._activate = activate  # makes the rewritten function run in the current trace
 
     def __getattr__(self, name: str) -> "OperationEnvoy":
         if name.startswith("_"):
@@ -95,18 +94,10 @@ class OperationEnvoy(ValueAccess):
     """One operation: `.output`, `.input`, `.inputs` (read and assigned), `.skip(value)`, `.next()`
     (values.py), and `.source` one level deeper."""
 
-    _prepares = True
-
     def __init__(self, source: SourceEnvoy, name: str):
         self._source, self.name = source, name
         self.path = f"{source._site.path}.{name}"
         self._callee, self._input_location, self._output_location = source._site.locations[name]
-
-    def _prepare(self, what: str) -> None:
-        mediator = _mediator.current_mediator()
-        if mediator is None:
-            raise outside_trace_error(f"{self.path}.{what}")
-        self._source._activate(mediator)
 
     @property
     def source(self) -> SourceEnvoy:
@@ -117,7 +108,6 @@ class OperationEnvoy(ValueAccess):
                 f"`{self.path}.source` is only available inside a trace: the function an operation calls "
                 "is known only when it runs"
             )
-        self._source._activate(mediator)
         key = (self._callee, mediator.occurrence_of(self.path))
         known = mediator.nested_source(key)
         if known is not None:  # this execution's callee was already replaced
@@ -134,7 +124,7 @@ class OperationEnvoy(ValueAccess):
             )
         replacement = site.function if bind is None else types.MethodType(site.function, bind)
         _mediator.assign(self._callee, self.path, "source", replacement)
-        nested = SourceEnvoy(site, lambda mediator: None)
+        nested = SourceEnvoy(site)
         mediator.remember_nested_source(key, nested)
         return nested
 
@@ -164,21 +154,5 @@ def module_source(envoy) -> SourceEnvoy:
     gates = envoy._gates
     module = envoy._module
     site = SourceSite(gates, f"{envoy.path}.source", rewritten(type(module).forward), _owner_class(type(module)))
-    flag = gates.dispatcher.intern(f"{envoy.path}.source")
-    gate = module.__dict__.get("forward")
-    _native.set_gate_source(gate, types.MethodType(site.function, module), flag)
-
-    def activate(mediator) -> None:
-        active = mediator.tracer.source_flags
-        if flag in active:
-            return
-        active.add(flag)
-        trace = mediator.native_trace
-        trace.observe(flag)
-        calls = trace.visits(envoy._output_location)
-        if calls:  # first asked mid-trace: count its operations as if they had run every call
-            for locations in site.locations.values():
-                for location in locations:
-                    trace.set_visits(location, calls)
-
-    return SourceEnvoy(site, activate)
+    _native.set_gate_source(gates.gate_of(module), types.MethodType(site.function, module))
+    return SourceEnvoy(site)

@@ -66,11 +66,6 @@ class Tracer(CapturedBlock):
         """Variables handed between invokes at a barrier."""
         return {}
 
-    @functools.cached_property
-    def source_flags(self) -> set[int]:
-        """The modules whose `.source` operations this trace asked for."""
-        return set()
-
     # ---- the `with` statement ----
     def run_block(self, body, capture) -> None:
         try:
