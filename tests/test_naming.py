@@ -190,3 +190,70 @@ def test_a_bare_envoy_mirrors_any_module():
     assert torch.equal(envoy.fc1.weight, net.fc1.weight)
     linear = Envoy(nn.Linear(2, 2))
     assert linear(torch.ones(1, 2)).shape == (1, 2)
+
+
+def _gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                                                n_positions=32)).eval()
+
+
+@pytest.mark.parametrize("rename, found, missing", [
+    # each case as nnsight 0.8.1 resolves it
+    ({".h": "layers"}, {"transformer.layers": "model.transformer.h"}, ["layers"]),
+    ({"h": "layers"}, {"transformer.layers": "model.transformer.h"}, ["layers"]),
+    ({"transformer": "model", "h.0": "first_layer", "1": "second_layer"},
+     {"model.first_layer": "model.transformer.h.0", "model.h.second_layer": "model.transformer.h.1",
+      "transformer.h.0": "model.transformer.h.0"}, ["first_layer"]),
+    ({".transformer": ["tf", "body"]}, {"tf": "model.transformer", "body.h": "model.transformer.h"}, []),
+    ({"attn": "attention"}, {"transformer.h.1.attention": "model.transformer.h.1.attn"}, []),
+    ({"transformer.h": "blocks"}, {"blocks": "model.transformer.h"}, ["transformer.blocks"]),
+    ({".transformer.h.0.attn": "first_attn"}, {"first_attn": "model.transformer.h.0.attn"}, ["transformer.first_attn"]),
+    ({"transformer.h": "transformer.blocks"}, {"transformer.blocks": "model.transformer.h"}, ["blocks"]),
+    # the envoy seed: a leading-dot alias mounts on the root (nnsight 0.8.1 refuses it)
+    ({".transformer.h": ".layers"}, {"layers": "model.transformer.h", "layers.0": "model.transformer.h.0"}, []),
+    ({"nothing_here": "x"}, {}, ["x"]),  # a key that names nothing is skipped
+])
+def test_rename_cases(rename, found, missing):
+    model = NNsight(_gpt2(), rename=rename)
+
+    def resolve(path):
+        envoy = model
+        for part in path.split("."):
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+        return envoy.path
+
+    for alias, real in found.items():
+        assert resolve(alias) == real, alias
+    for alias in missing:
+        with pytest.raises((AttributeError, IndexError)):
+            resolve(alias)
+
+
+def test_rename_errors():
+    with pytest.raises(ValueError, match="names no ancestor"):
+        NNsight(_gpt2(), rename={"h": "transformer.blocks"})
+    with pytest.raises(ValueError, match="2 modules match"):
+        NNsight(_gpt2(), rename={"c_attn": ".qkv"})
+
+
+def test_aliases_in_a_cache_and_in_a_trace():
+    net = _gpt2()
+    model = NNsight(net, rename={"transformer": "model", "h.0": "first_layer", "1": "second_layer"})
+    ids = torch.randint(0, 100, (1, 6))
+    with model.trace(ids) as tracer:
+        cache = tracer.cache()
+        first = model.model.first_layer.output.save()
+    outputs = []
+    handle = net.transformer.h[0].register_forward_hook(lambda m, a, out: outputs.append(out) and None)
+    with torch.no_grad():
+        net(ids)
+    handle.remove()
+    seen = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+    first = first[0] if isinstance(first, tuple) else first
+    assert torch.allclose(first, seen, atol=1e-5)
+    real_first = cache["model.transformer.h.0"].output
+    assert cache.model.model.first_layer.output is real_first
+    assert cache["model.model.h.second_layer"] is cache["model.transformer.h.1"]
+    assert "model.model.first_layer" in cache

@@ -1,9 +1,17 @@
 """Aliases (`rename=`) and Envoy classes (`envoys=`) of a wrapped model's tree.
 
     model = NNsight(net, rename={"self_attn": "attn",            # every child named self_attn
-                                 ".model.layers": "layers",      # mount a path on the root
-                                 ".transformer": ["tf", "body"]})  # several aliases
-    model.layers[0].attn                                         # same Envoys as the real paths
+                                 "h.0": "first_layer",           # a dotted path, wherever it starts
+                                 ".transformer": ["tf", "body"],  # anchored at the root; several aliases
+                                 ".model.layers": ".layers"})    # a leading-dot alias mounts on the root
+    model.tf.first_layer, model.transformer.h[0].attn            # same Envoys as the real paths
+
+A key names a module by its name or by a dotted path that starts at some Envoy E of the
+tree (a leading dot: at the root, when the root has that path); each alias is bound on
+E. A dotted alias binds on the Envoy its prefix names, and that prefix must spell the
+start of the key's path (`{"model.layers": "model.blocks"}` gives `model.model.blocks`);
+a leading-dot alias binds on the root. A key that names nothing is skipped (one rename
+dict can serve several architectures).
     NNsight(net, envoys=MyEnvoy)                                 # one Envoy class for all
     NNsight(net, envoys={torch.nn.Linear: LinearEnvoy,          # by module type (MRO) ...
                          "attn": AttnEnvoy})                     # ... or by path suffix (aliases count)
@@ -54,20 +62,41 @@ class Naming:
     def mount(self, root: "Envoy") -> None:
         """Adds the aliases as attributes of the tree (after it is built)."""
         for key, aliases in self.rename.items():
-            if key.startswith(".") or "." in key:
-                target = root.get(key.lstrip("."))
-                for alias in aliases:
-                    self._attach(root, alias.lstrip("."), target)
-            else:
-                for envoy in root.modules():
-                    child = envoy._children.get(key)
-                    if child is not None:
-                        for alias in aliases:
-                            self._attach(envoy, alias.lstrip("."), child)
+            parts = key.strip(".").split(".")
+            anchored = key.startswith(".") and _follow(root, parts) is not None
+            starts = [root] if anchored else [e for e in root.modules() if _follow(e, parts) is not None]
+            for alias in aliases:
+                if alias.startswith(".") and len(starts) > 1:
+                    raise ValueError(
+                        f"`rename` alias {alias!r} mounts {key!r} on the root, but {len(starts)} modules match it "
+                        f"({', '.join(_follow(e, parts).path for e in starts[:3])}, ...): name one of them"
+                    )
+                for start in starts:
+                    self._attach(root, start, parts, alias, key)
 
-    def _attach(self, parent: "Envoy", alias: str, target: "Envoy") -> None:
-        *hops, name = alias.split(".")
-        for hop in hops:
-            parent = getattr(parent, hop)
+    def _attach(self, root: "Envoy", start: "Envoy", parts: list[str], alias: str, key: str) -> None:
+        target = _follow(start, parts)
+        if alias.startswith("."):  # mounted on the root
+            parent, name = root, alias.strip(".")
+        else:
+            *prefix, name = alias.split(".")
+            if prefix != parts[:len(prefix)] or len(prefix) >= len(parts):
+                raise ValueError(
+                    f"`rename` alias {alias!r} for {key!r} names no ancestor of it on `{start.path}`: a dotted "
+                    f"alias binds on the Envoy its prefix names, so the prefix must spell the start of the key's "
+                    f"path ({'.'.join(parts)})"
+                )
+            parent = _follow(start, prefix)
+        if not name or "." in name:
+            raise ValueError(f"`rename` alias {alias!r} for {key!r} is not an attribute name")
         parent.__dict__[name] = target
         self.alias_paths[f"{parent.path}.{name}"] = target.path
+
+
+def _follow(envoy: "Envoy", parts: list[str]) -> "Envoy | None":
+    """The Envoy at the real child path `parts` below `envoy`, or None."""
+    for part in parts:
+        envoy = envoy._children.get(part)
+        if envoy is None:
+            return None
+    return envoy

@@ -51,10 +51,13 @@ class CacheDict(dict):
         self._aliases = dict(aliases or {})
 
     def _resolve(self, path: str) -> str:
-        for alias, real in self._aliases.items():
-            if path == alias or path.startswith(alias + "."):
-                return real + path[len(alias):]
-        return path
+        """The real path of `path`, whose components may be aliases (rename=) at any depth."""
+        parts = path.split(".")
+        resolved = parts[0]
+        for part in parts[1:]:
+            step = f"{resolved}.{part}"
+            resolved = self._aliases.get(step, step)
+        return resolved
 
     def __getitem__(self, key: str) -> Any:
         return super().__getitem__(self._resolve(key))
