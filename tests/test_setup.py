@@ -40,3 +40,28 @@ def test_autocast_of_the_caller_reaches_the_body():
             product = (model.fc1.output @ torch.ones(8, 8)).save()
     assert enabled is True
     assert product.dtype == torch.bfloat16
+
+
+def test_every_public_name_has_a_docstring():
+    """Every public class, function, method and property of the package says what it is for."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nnsight_fast
+
+    missing = []
+    names = [m.name for m in pkgutil.walk_packages(nnsight_fast.__path__, "nnsight_fast.")
+             if not m.name.split(".")[-1].startswith("_")]
+    for module in [nnsight_fast] + [importlib.import_module(name) for name in names]:
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            members = [(name, obj)] + ([(f"{name}.{n}", getattr(m, "__func__", m)) for n, m in vars(obj).items()
+                                        if not n.startswith("_") and (inspect.isfunction(m) or isinstance(
+                                            m, (property, staticmethod, classmethod)))]
+                                       if inspect.isclass(obj) else [])
+            missing += [f"{module.__name__}.{n}" for n, m in members if not (m.__doc__ or "").strip()]
+    assert missing == []

@@ -110,6 +110,7 @@ class BodyCapture:
 
     @classmethod
     def begin(cls, frame: types.FrameType) -> "BodyCapture":
+        """Arms the skip of the `with` body whose header runs in `frame`; returns the capture."""
         capture = cls(frame, _site(frame.f_code.co_filename, frame.f_lineno, frame.f_code))
         body_line = capture.site.statement.body[0].lineno
 
@@ -139,6 +140,7 @@ class BodyCapture:
         return kind is SkipBody
 
     def compile(self) -> CapturedBody:
+        """The skipped body as a function of the names it reads from the caller, bound to their values now."""
         frame = self.frame
         site = self.site
         names = frame.f_locals
@@ -178,6 +180,7 @@ class CapturedBlock:
         return self.entered()
 
     def entered(self):
+        """What `with ... as name:` binds (the block itself unless a subclass says otherwise)."""
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
@@ -188,6 +191,7 @@ class CapturedBlock:
         return True
 
     def run_block(self, body: CapturedBody, capture: "BodyCapture") -> None:
+        """Runs the captured body (`body.run(collect)`); a subclass says how."""
         raise NotImplementedError
 
 

@@ -32,6 +32,14 @@ from .values import ValueAccess
 
 
 class Envoy(ValueAccess):
+    """A module of the wrapped model, with its values in a trace.
+
+    envoy = model.transformer.h[0]          # Envoys mirror the module tree
+    with model.trace(x):
+        hidden = envoy.output.save()        # read, edit in place, assign, skip (values.py)
+    envoy.weight                            # other attributes are the module's
+    """
+
     #: A submodule named like an Envoy attribute (`output`, `input`, ...) is reachable as `E_<name>`.
     OVERLOAD_PREFIX = "E_"
 
@@ -137,14 +145,17 @@ class Envoy(ValueAccess):
         return found
 
     def to(self, *args: Any, **kwargs: Any) -> "Envoy":
+        """Moves the module (`module.to(...)`); returns this Envoy."""
         self._module.to(*args, **kwargs)
         return self
 
     def cpu(self, *args: Any, **kwargs: Any) -> "Envoy":
+        """Moves the module to the CPU; returns this Envoy."""
         self._module.cpu(*args, **kwargs)
         return self
 
     def cuda(self, *args: Any, **kwargs: Any) -> "Envoy":
+        """Moves the module to a CUDA device; returns this Envoy."""
         self._module.cuda(*args, **kwargs)
         return self
 

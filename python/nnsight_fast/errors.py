@@ -43,6 +43,7 @@ class LoopEnd(BaseException):
         self.where = where  # the value the body waited for, as 'model.lm_head.output.i5'
 
     def warning(self) -> str | None:
+        """The UserWarning text for a loop that named a step the run never made (None for open loops)."""
         if not self.loop.bounded:
             return None
         where = self.where or f"step {self.step}"
@@ -61,6 +62,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def outside_trace_error(what: str) -> ValueError:
+    """The ValueError for `what` (e.g. 'model.fc1.output') used outside a trace body."""
     return ValueError(
         f"Cannot access `{what}` outside of interleaving: use it inside `with model.trace(...)`"
     )

@@ -8,4 +8,5 @@ A copy is a new module that no NNsight wraps, so it gets no Gate.
 
 
 def restore_forward(forward):
+    """Puts back the forward a Gate wraps on a module copied with its Gate (copy/deepcopy)."""
     return forward

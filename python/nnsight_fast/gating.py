@@ -20,6 +20,12 @@ from .naming import Naming
 
 
 class ModelGates:
+    """The Gates of one module tree and the dispatcher that serves them (the tree's `interleaver`).
+
+    gates = ModelGates()
+    gates.install(net.fc1, "model.fc1")      # -> (input location, output location)
+    """
+
     def __init__(self, naming: Naming | None = None, threaded: bool = False):
         self.dispatcher = _native.Dispatcher()
         self.dispatcher.threaded = threaded

@@ -36,6 +36,12 @@ class _LocationHooks:
 
 
 class HookHandler:
+    """Plain input/output hooks on named modules for the duration of a `with` block.
+
+    with HookHandler(model, ["transformer.h.0"], output_hook=lambda out, path: out * 2):
+        model(x)                                   # and any trace run inside the block
+    """
+
     def __init__(self, model: NNsight | torch.nn.Module, module_keys: list[str],
                  input_hook: Callable[[Any, str], Any] | None = None,
                  output_hook: Callable[[Any, str], Any] | None = None):

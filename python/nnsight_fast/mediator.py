@@ -32,7 +32,8 @@ _park, _request, _waiting = _native.park, _native.request, _native.waiting
 class Owner(Protocol):
     """What a mediator asks of the trace it belongs to."""
 
-    def record_save(self, value: Any) -> None: ...
+    def record_save(self, value: Any) -> None:
+        """Keeps `value` (and the variable holding it) after the trace."""
 
 
 class Mediator:
@@ -118,9 +119,11 @@ class Mediator:
         self._namespace = namespace
 
     def occurrence_of(self, path: str) -> int:
+        """Which call of the module at `path` this body's next request binds to."""
         return self.iteration + self._offsets.get(path, 0) if self._offsets else self.iteration
 
     def request(self, location: int, occurrence: int) -> Any:
+        """The value at (location, occurrence): parks until the model gets there."""
         last_location, last_occurrence, value = self._last
         if location == last_location and occurrence == last_occurrence:
             return value
@@ -164,11 +167,13 @@ class Mediator:
         )
 
     def assign(self, location: int, occurrence: int, value: Any) -> None:
+        """Replaces the value at (location, occurrence) with `value` once the model gets there."""
         self.request(location, occurrence)
         self._last = (location, occurrence, value)
         self._handoff.set_swap(value)
 
     def skip(self, location: int, occurrence: int, value: Any) -> None:
+        """Skips the module whose input location is `location` at that call; its output is `value`."""
         self.request(location, occurrence)
         self._handoff.set_skip(value)
 
@@ -192,9 +197,11 @@ class Mediator:
 
     # ---- .source of an operation's callee, once per execution ----
     def nested_source(self, key: tuple) -> Any:
+        """The SourceEnvoy already built for this execution of an operation's callee, if any."""
         return self._nested_sources.get(key)
 
     def remember_nested_source(self, key: tuple, source: Any) -> None:
+        """Remembers the SourceEnvoy built for this execution of an operation's callee."""
         self._nested_sources[key] = source
 
 
@@ -225,6 +232,7 @@ def request(location: int, path: str, what: str) -> Any:
 
 
 def assign(location: int, path: str, what: str, value: Any) -> None:
+    """Replaces the value at `location` for the current invoke (`what` names it in errors)."""
     mediator = _require_mediator(path, what)
     mediator.assign(location, mediator.occurrence_of(path), value)
 

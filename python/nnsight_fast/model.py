@@ -34,6 +34,14 @@ from .tracing.tracer import Tracer
 
 
 class NNsight(Envoy):
+    """Any torch.nn.Module, wrapped so its internals can be read and edited in a trace.
+
+    model = NNsight(net)                    # rename=, envoys=, threaded= (see the module docstring)
+    with model.trace(x) as tracer:
+        hidden = model.layer1.output.save()
+    model(x)                                # untraced: the plain module
+    """
+
     def __init__(self, module: torch.nn.Module, rename: dict | None = None, envoys: Any = None,
                  threaded: bool = False):
         if not isinstance(module, torch.nn.Module):
@@ -84,12 +92,15 @@ class NNsight(Envoy):
         return twin
 
     def clear_edits(self) -> None:
+        """Removes every persistent edit made with `model.edit(inplace=True)` on this model."""
         self._target.edits.clear()
 
     def export_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> str:
+        """Writes this model's persistent edits to a file (see tracing/edit.py); returns its path."""
         return export_edits(self._target.edits, name, export_dir, variant)
 
     def import_edits(self, name: str, export_dir: str | None = None, variant: str = "__default__") -> None:
+        """Adds the persistent edits saved by `export_edits` to this model."""
         import_edits(self.get, self._target.edits, name, export_dir, variant)
 
     def scan(self, *args: Any, **kwargs: Any) -> Tracer:
@@ -134,18 +145,23 @@ class ModelTarget:
 
     @property
     def module(self) -> torch.nn.Module:
+        """The wrapped torch module."""
         return self._model()._module
 
     def prepare(self) -> None:
+        """Readies the model for a run (a lazy model loads its weights)."""
         self._model()._prepare_run()
 
     def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """One invoke's inputs as (args, kwargs, batch size)."""
         return self._model()._prepare_inputs(*args, **kwargs)
 
     def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        """Several invokes' prepared inputs as one batch (args, kwargs)."""
         return self._model()._batch_inputs(prepared)
 
     def run(self, args: tuple, kwargs: dict) -> Any:
+        """Runs the model on the batch."""
         return self._model()._run(args, kwargs)
 
 
@@ -159,18 +175,23 @@ class CallTarget:
 
     @property
     def module(self) -> torch.nn.Module:
+        """The wrapped torch module."""
         return self._target.module
 
     def prepare(self) -> None:
+        """Readies the model for a run (a lazy model loads its weights)."""
         self._target.prepare()
 
     def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """One invoke's inputs as (args, kwargs, batch size)."""
         return self._target.prepare_inputs(*args, **kwargs)
 
     def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        """Several invokes' prepared inputs as one batch (args, kwargs)."""
         return self._target.batch_inputs(prepared)
 
     def run(self, args: tuple, kwargs: dict) -> Any:
+        """Calls `fn` on the batch (each model call inside it is a step)."""
         return self._fn(*args, **kwargs)
 
 

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 
 class Naming:
+    """A tree's aliases (`rename=`) and Envoy classes (`envoys=`).
+
+    naming = Naming({"self_attn": "attn"}, envoys={nn.Linear: MyEnvoy})
+    naming.mount(root_envoy)            # binds the aliases once the tree is built
+    """
+
     def __init__(self, rename: dict | None, envoys: Any):
         self.rename = {key: [value] if isinstance(value, str) else list(value) for key, value in (rename or {}).items()}
         self.envoys = envoys

@@ -24,7 +24,8 @@ class SaveScope(Protocol):
     """Whatever collects saves: the tracer of the body running now, else this thread's
     tracer or session (a trace body that only opens invokes, a session body)."""
 
-    def record_save(self, value: Any) -> None: ...
+    def record_save(self, value: Any) -> None:
+        """Keeps `value` (and the variable holding it) after the block."""
 
 
 class _ThreadScope(threading.local):
@@ -35,6 +36,7 @@ _current = _ThreadScope()
 
 
 def current_scope() -> SaveScope | None:
+    """This thread's save scope outside bodies (a trace or session being set up), or None."""
     return _current.scope
 
 

@@ -37,6 +37,7 @@ class Iterations(CapturedBlock):
 
     @property
     def bounded(self) -> bool:
+        """True when the selection names its last step (`iter[:10]`, `iter[[3]]`)."""
         return self.stop is not None or self.steps is not None
 
     def __getitem__(self, key: slice | int | list[int]) -> "Iterations":

@@ -36,6 +36,12 @@ def _with_first_input(inputs: tuple, value: Any) -> tuple:
 
 
 class ValueAccess:
+    """The values of one place in the model: `.output`, `.inputs`, `.input`, `.skip`, `.next`.
+
+    with model.trace(x):
+        out = model.layer1.output.save()
+    """
+
     path: str
     _input_location: int
     _output_location: int

@@ -41,22 +41,32 @@ class Worker:
             job = handoff.finish_and_next(failed)
 
     def stop(self) -> None:
+        """Ends the worker thread (it finishes no job: call it while idle)."""
         self.handoff.stop()
         self.thread.join(timeout=5)
 
 
 class WorkerPool:
+    """A small pool of worker threads for bodies that must run off the model's thread.
+
+    worker = POOL.acquire()        # a parked worker, or a new one
+    ...                            # its handoff runs one body
+    POOL.release(worker)           # kept for the next trace (at most MAX_IDLE idle)
+    """
+
     def __init__(self) -> None:
         self._idle: list[Worker] = []
         self._lock = threading.Lock()
 
     def acquire(self) -> Worker:
+        """An idle worker, or a new one."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         return Worker()
 
     def release(self, worker: Worker) -> None:
+        """Returns a worker whose body ended; beyond MAX_IDLE idle ones it stops."""
         if worker.handoff.busy:  # still parked: never hand out a worker mid-job
             raise RuntimeError("internal error: releasing a worker that is still parked")
         with self._lock:
@@ -66,10 +76,12 @@ class WorkerPool:
         worker.stop()
 
     def idle_count(self) -> int:
+        """How many workers wait for a job."""
         with self._lock:
             return len(self._idle)
 
     def shutdown(self) -> None:
+        """Stops every idle worker."""
         with self._lock:
             idle, self._idle = self._idle, []
         for worker in idle:

@@ -20,11 +20,18 @@ import torch
 
 
 class Streamer(torch.nn.Module):
+    """`model.generator.streamer`: each generated token passes through it (`generate(streamer=...)`).
+
+    with model.generate("Hello", max_new_tokens=3) as tracer:
+        for step in tracer.all():
+            token = model.generator.streamer.output.save()"""
+
     def __init__(self) -> None:
         super().__init__()
         self._prompt_pending = False
 
     def forward(self, value: Any) -> Any:
+        """Returns the step's token ids unchanged (a trace reads them here)."""
         return value
 
     def begin(self) -> None:
@@ -32,19 +39,28 @@ class Streamer(torch.nn.Module):
         self._prompt_pending = True
 
     def put(self, value: Any) -> Any:
+        """transformers' streamer protocol: the prompt first (not a call), then each step's tokens."""
         if self._prompt_pending:
             self._prompt_pending = False
             return value
         return self.forward(value)
 
     def end(self) -> None:
+        """transformers' streamer protocol: generation ended (nothing to do)."""
         pass
 
 
 class Generator(torch.nn.Module):
+    """The module a generation's final token ids pass through: `model.generator.output`.
+
+    with model.generate("Hello", max_new_tokens=3):
+        ids = model.generator.output.save()
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self.streamer = Streamer()
 
     def forward(self, value: Any) -> Any:
+        """Returns the generated ids unchanged (a trace reads or replaces them here)."""
         return value

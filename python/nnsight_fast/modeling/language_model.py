@@ -48,6 +48,15 @@ class GenerateTracer(Tracer):
 
 
 class LanguageModel(NNsight):
+    """A transformers model with its tokenizer, loaded lazily, traced like any NNsight model.
+
+    model = LanguageModel("path/to/checkpoint")             # meta model: no weights read yet
+    with model.trace("Hello world"):
+        logits = model.lm_head.output.save()
+    with model.generate("Hello", max_new_tokens=5) as tracer:
+        tokens = tracer.result.save()
+    """
+
     def __init__(self, repo_or_folder: Any, *args: Any, dispatch: bool = False, tokenizer: Any = None,
                  automodel: Any = None, device_map: Any = None, tokenizer_kwargs: dict | None = None,
                  **from_pretrained_kwargs: Any):
@@ -85,6 +94,7 @@ class LanguageModel(NNsight):
     # ---- loading ----
     @property
     def dispatched(self) -> bool:
+        """True once the real weights are loaded."""
         return self._dispatched
 
     def dispatch(self) -> None:

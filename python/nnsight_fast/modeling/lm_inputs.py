@@ -107,6 +107,7 @@ def normalize(tokenizer, value: Any = None, **keywords: Any) -> dict[str, Any]:
 
 
 def batch_size(inputs: dict) -> int:
+    """How many prompts (rows) an invoke's normalized inputs hold."""
     tokens = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
     return tokens.shape[0]
 

@@ -47,6 +47,7 @@ class SourceSite:
         self.function = code.instantiate(ops, owner_class)
 
     def listing(self) -> str:
+        """The function's source, each line headed by the names of its operations."""
         by_line: dict[int, list[str]] = {}
         for op in self.code.operations:
             by_line.setdefault(op.line, []).append(op.name)

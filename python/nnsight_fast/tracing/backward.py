@@ -32,6 +32,15 @@ _original_grad = torch._C.TensorBase.grad
 
 
 class BackwardTracer(CapturedBlock):
+    """`with loss.backward():` inside a trace body: reads and edits gradients.
+
+    with model.trace(x):
+        hidden = model.layer1.output
+        loss = model.output.sum()
+        with loss.backward():
+            grad = hidden.grad.save()
+    """
+
     def __init__(self, loss: torch.Tensor, args: tuple, kwargs: dict, outer: Mediator):
         self.loss, self.args, self.kwargs, self.outer = loss, args, kwargs, outer
         self.dispatcher = _native.Dispatcher()
@@ -44,14 +53,17 @@ class BackwardTracer(CapturedBlock):
     # the tracer interface a Mediator needs
     @property
     def model(self):
+        """The traced model (the outer trace's)."""
         return self.outer.tracer.model
 
     def record_save(self, value: Any) -> None:
+        """Keeps `value` (and its variable) after the trace."""
         self.outer.tracer.record_save(value)
 
     def run_block(self, body, capture) -> None:
         # autograd may call the gradient hooks on its own device threads: the block's body
         # runs on a worker thread, which any thread can serve.
+        """Runs backward with the block's body served from autograd's threads."""
         self.native.set_batch(-1, 1)
         self.mediator = mediator = Mediator(self, body, self.native, threaded=True, backward_of=self.outer)
         backward_error = None
@@ -81,6 +93,7 @@ class BackwardTracer(CapturedBlock):
 
     # called on the body's thread
     def grad_location(self, tensor: torch.Tensor) -> int:
+        """The location of `tensor`'s gradient in this backward pass (a hook serves it)."""
         key = id(tensor)
         location = self.locations.get(key)
         if location is None:
@@ -146,5 +159,6 @@ def _called_as_with(frame) -> bool:
 
 
 def install() -> None:
+    """Patches Tensor.backward and Tensor.grad so traces can open backward blocks."""
     torch.Tensor.backward = _backward
     torch.Tensor.grad = property(_get_grad, _set_grad, doc=_original_grad.__doc__)

@@ -28,6 +28,16 @@ _PRIVATE = "__nnsight_fast"
 
 
 class Barrier:
+    """A point several invokes of a trace reach together, sharing their variables.
+
+    with model.trace() as tracer:
+        barrier = tracer.barrier(2)
+        with tracer.invoke(x1):
+            h = model.layer1.output; barrier()
+        with tracer.invoke(x2):
+            barrier(); model.layer1.output[:] = h
+    """
+
     def __init__(self, tracer: "Tracer", participants: int):
         if participants < 1:
             raise ValueError(f"tracer.barrier needs at least one participant, got {participants}")
@@ -52,6 +62,7 @@ class Barrier:
         _take_up(frame, shared)
 
     def missing_message(self) -> str:
+        """The error text when the run ends before every participant arrived."""
         return (
             f"tracer.barrier({self.participants}) was reached by only {len(self.arrived)} invoke(s); "
             "every participant must call it"

@@ -66,6 +66,7 @@ class CacheDict(dict):
         return isinstance(key, str) and super().__contains__(self._resolve(key))
 
     def keys(self, alias: bool = False):
+        """The cached module paths (real paths, not aliases)."""
         return super().keys()
 
     def __getattr__(self, name: str) -> "_CacheView":

@@ -45,9 +45,11 @@ class EditTracer(CapturedBlock):
         self.model, self.edits = model, edits
 
     def entered(self) -> Any:
+        """The model the `with model.edit() as edited:` block binds."""
         return self.model
 
     def run_block(self, body, capture) -> None:
+        """Stores the body as a persistent edit of the model."""
         statement = capture.site.statement
         lines = linecache.getlines(capture.site.filename)[statement.lineno - 1:statement.end_lineno]
         names = body.function.__code__.co_varnames[2:2 + len(body.arguments)]

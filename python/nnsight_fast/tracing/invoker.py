@@ -30,6 +30,13 @@ class Invoke:
 
 
 class Invoker(CapturedBlock):
+    """`tracer.invoke(...)`: one batch entry of a trace with its own body.
+
+    with model.trace() as tracer:
+        with tracer.invoke(x1):
+            a = model.layer1.output.save()
+    """
+
     def __init__(self, tracer: "Tracer", args: tuple, kwargs: dict):
         if tracer.running:
             raise ValueError(
@@ -40,4 +47,5 @@ class Invoker(CapturedBlock):
         self.inputs = (args, kwargs) if args or kwargs else None
 
     def run_block(self, body: CapturedBody, capture: Any) -> None:
+        """Collects the body; it runs when the trace's own block ends."""
         self.tracer.add_invoke(Invoke(body, self.inputs))

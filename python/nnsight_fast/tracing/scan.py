@@ -20,6 +20,12 @@ from .tracer import Tracer
 
 
 class ScanTracer(Tracer):
+    """`model.scan(x)`: a trace on fake tensors: shapes and dtypes, no compute.
+
+    with model.scan(x):
+        shape = model.layer1.output.shape.save()
+    """
+
     def _prepare_model(self) -> None:
         pass  # no weights are needed to scan
 

@@ -28,18 +28,28 @@ _current = _ThreadSession()
 
 
 def current_session() -> "Session | None":
+    """The session whose block runs on this thread, or None."""
     return _current.session
 
 
 class Session(CapturedBlock):
+    """`model.session()`: several traces whose variables flow from one to the next.
+
+    with model.session():
+        with model.trace(x): hidden = model.layer1.output
+        with model.trace(y): model.layer1.output = hidden
+    """
+
     def __init__(self, model: Any):
         self.model = model
         self._saved: dict[int, Any] = {}
 
     def record_save(self, value: Any) -> None:
+        """Keeps `value` (and its variable) after the session."""
         self._saved[id(value)] = value
 
     def run_block(self, body, capture) -> None:
+        """Runs the session's body; saved values go back to the caller."""
         namespace: dict = {}
         outer_session, outer_scope = current_session(), enter_scope(self)
         _current.session = self

@@ -25,6 +25,7 @@ import torch
 
 
 class TraceTarget(Protocol):
+    """What a tracer needs from the model it runs (see the module docstring)."""
     dispatcher: Any
     input_location: int
     result_location: int
@@ -32,12 +33,17 @@ class TraceTarget(Protocol):
     path_aliases: dict[str, str]
 
     @property
-    def module(self) -> torch.nn.Module: ...
+    def module(self) -> torch.nn.Module:
+        """The wrapped torch module."""
 
-    def prepare(self) -> None: ...
+    def prepare(self) -> None:
+        """Readies the model for a run (a lazy model loads its weights)."""
 
-    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]: ...
+    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """One invoke's inputs as (args, kwargs, batch size)."""
 
-    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]: ...
+    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
+        """Several invokes' prepared inputs as one batch (args, kwargs)."""
 
-    def run(self, args: tuple, kwargs: dict) -> Any: ...
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """Runs the model on the batch."""

@@ -42,6 +42,13 @@ if TYPE_CHECKING:
 
 
 class Tracer(CapturedBlock):
+    """`model.trace(...)`: one run of the model while the `with` body reads and edits it.
+
+    with model.trace(x) as tracer:
+        hidden = model.layer1.output.save()
+        tracer.stop()                       # also invoke, iter, all, next, cache, barrier, result
+    """
+
     running = False
     _native = None
     # Filled by the few traces that use them (a tuple until then: nothing to allocate per trace)
@@ -68,6 +75,7 @@ class Tracer(CapturedBlock):
 
     # ---- the `with` statement ----
     def run_block(self, body, capture) -> None:
+        """Runs the model with the trace's bodies, then writes saved variables back."""
         try:
             if self._inputs is not None:
                 self._invokes.append(Invoke(body, self._inputs))
@@ -168,6 +176,7 @@ class Tracer(CapturedBlock):
         return mediator.request(self.target.result_location, 0)
 
     def record_save(self, value: Any) -> None:
+        """Keeps `value` (and the variable holding it) after the trace."""
         self._saved[id(value)] = value
         if self._session is not None:
             self._session.record_save(value)
@@ -175,6 +184,7 @@ class Tracer(CapturedBlock):
             self._outer.record_save(value)
 
     def add_invoke(self, invoke: Invoke) -> None:
+        """Adds an invoke collected from the trace's body."""
         self._invokes.append(invoke)
 
     # ---- running ----
