@@ -27,6 +27,8 @@ import dis
 import inspect
 import linecache
 import sys
+import textwrap
+import tokenize
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -268,8 +270,62 @@ def with_statements(filename: str) -> list:
     return found
 
 
+def _block_at(filename: str, line: int) -> ast.With | None:
+    """The `with` statement that starts on `line`, parsed from its own lines only (a large file
+    is not parsed for one block); None when that line does not start one."""
+    lines = linecache.getlines(filename)
+    if not 0 < line <= len(lines) or not lines[line - 1].lstrip().startswith(("with ", "async with ")):
+        return None
+    header = lines[line - 1]
+    indent = header[:len(header) - len(header.lstrip())]
+    block = _statement_lines(lines, line - 1, indent)
+    if block is None:
+        return None
+    try:
+        tree = ast.parse("".join(block), filename)
+    except SyntaxError:
+        return None
+    statement = tree.body[0] if len(tree.body) == 1 else None
+    if not isinstance(statement, (ast.With, ast.AsyncWith)) or not statement.body or \
+            statement.body[0].lineno == statement.lineno:
+        return None
+    ast.increment_lineno(statement, line - 1)
+    return statement
+
+
+def _statement_lines(lines: list[str], start: int, indent: str) -> list[str] | None:
+    """The lines of the compound statement starting at `lines[start]`, without its indentation
+    `indent`; None when they cannot be told apart."""
+    def dedented():
+        for text in lines[start:]:
+            yield text[len(indent):] if text.startswith(indent) else text.lstrip(" \t")
+
+    depth, previous = 0, None
+    try:
+        for token in tokenize.generate_tokens(dedented().__next__):
+            if token.type == tokenize.NEWLINE and depth == 0 and not (previous and previous.string == ":"):
+                return None  # a statement on one line (`with a: b`): no indented body
+            if token.type not in (tokenize.NL, tokenize.COMMENT):
+                previous = token
+            if token.type == tokenize.INDENT:
+                depth += 1
+            elif token.type == tokenize.DEDENT:
+                depth -= 1
+                if depth == 0:
+                    return [text[len(indent):] if text.startswith(indent) else text
+                            for text in lines[start:start + token.start[0] - 1]]
+            elif token.type == tokenize.ENDMARKER:
+                return [text[len(indent):] if text.startswith(indent) else text for text in lines[start:]]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+    return None
+
+
 def _find_site(filename: str, line: int) -> _Site:
     """The innermost `with` statement whose header spans `line`."""
+    statement = _block_at(filename, line)
+    if statement is not None:
+        return site_of(filename, statement)
     statements = with_statements(filename)
     if not statements and not linecache.getlines(filename):
         raise ValueError(
