@@ -96,6 +96,17 @@ def test_position_ids_given_by_the_user_are_used(gpt2_folder):
     assert not torch.allclose(logits, default, atol=1e-3)
 
 
+def test_inputs_embeds_instead_of_ids(llama_folder):
+    model = LanguageModel(llama_folder)
+    ids = model.tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    with model.trace(input_ids=ids):  # loads the weights
+        expected = model.lm_head.output.save()
+    embeds = model._module.get_input_embeddings()(ids).detach()
+    with model.trace(inputs_embeds=embeds):
+        logits = model.lm_head.output.save()
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
 def test_token_type_ids_reach_bert(bert_folder):
     model = LanguageModel(bert_folder, automodel=transformers.AutoModelForMaskedLM)
     encoded = model.tokenizer("one two three four", return_tensors="pt")
@@ -148,8 +159,10 @@ def test_lazy_model_is_built_with_the_loading_keywords(gpt2_folder):
     assert len(model.transformer.h) == 2
     assert model._module.config._attn_implementation == "eager"
     with model.scan("Hello world"):
+        weights = model.transformer.h[0].attn.output[1].save()  # eager attention returns its weights
         scanned = model.lm_head.output.save()
     assert scanned.dtype == torch.bfloat16
+    assert weights is not None and weights.shape[-1] == weights.shape[-2]
     with model.trace("Hello world"):
         hidden = model.transformer.h[-1].output.save()
         logits = model.lm_head.output.save()

@@ -189,12 +189,27 @@ class CapturedBlock:
         capture, self._capture = self._capture, None  # no frame <-> block cycle afterwards
         if not capture.skipped(kind):
             return False
-        self.run_block(capture.compile(), capture)
+        try:
+            self.run_block(capture.compile(), capture)
+        except BaseException as failure:
+            _drop_context(failure, error)
+            raise
         return True
 
     def run_block(self, body: CapturedBody, capture: "BodyCapture") -> None:
         """Runs the captured body (`body.run(collect)`); a subclass says how."""
         raise NotImplementedError
+
+
+def _drop_context(failure: BaseException, skip: BaseException | None) -> None:
+    """Errors raised while running a body are not "during handling of" our SkipBody."""
+    seen = set()
+    while failure is not None and id(failure) not in seen:
+        seen.add(id(failure))
+        if failure.__context__ is skip:
+            failure.__context__ = None
+            return
+        failure = failure.__context__
 
 
 @dataclass
