@@ -20,8 +20,10 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-from nnsight_fast.timing import format_table  # noqa: E402
+sys.path.insert(0, HERE)
+from workloads import load_package_file  # noqa: E402  (timing.py by path: no nnsight_fast import here)
+
+format_table = load_package_file("timing.py").format_table
 
 SIZES = (8, 32, 128)
 

@@ -187,6 +187,14 @@ class Mediator:
         """Later requests for `path` refer to the call `step` calls further on."""
         self._offsets[path] = self._offsets.get(path, 0) + step
 
+    def enter_loop(self, loop) -> None:
+        """The body enters a `tracer.iter` loop (innermost last): the run's end can end it."""
+        self.loops.append(loop)
+
+    def leave_loop(self) -> None:
+        """The body leaves its innermost `tracer.iter` loop."""
+        self.loops.pop()
+
     def wait_at(self, barrier) -> None:
         """Parks at `barrier` until the model side resumes this body (the last participant arrived)."""
         self.at_barrier = barrier

@@ -74,7 +74,7 @@ class Iterations(CapturedBlock):
         if mediator is None:
             raise outside_trace_error("tracer.iter")
         previous = mediator.iteration
-        mediator.loops.append(self)
+        mediator.enter_loop(self)
         try:
             requests_before = None
             for step in self._indices():
@@ -88,5 +88,5 @@ class Iterations(CapturedBlock):
                 requests_before = mediator.requests_made
                 yield step
         finally:
-            mediator.loops.pop()
+            mediator.leave_loop()
             mediator.at_step(previous)
