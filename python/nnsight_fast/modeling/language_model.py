@@ -22,6 +22,7 @@ meta model exactly as they shape the loaded one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from typing import Any
@@ -131,7 +132,7 @@ class LanguageModel(NNsight):
         return (), batch_inputs(self.tokenizer.pad_token_id, [kwargs for _, kwargs, _ in prepared])
 
     def _takes_positions(self) -> bool:
-        return "position_ids" in inspect.signature(type(self._module).forward).parameters
+        return "position_ids" in _forward_keys(type(self._module))
 
     def _on_device(self, kwargs: dict) -> dict:
         device = next((p.device for p in self._module.parameters()), torch.device("cpu"))
@@ -166,7 +167,9 @@ class _Keys(frozenset):
     open = False
 
 
+@functools.lru_cache(maxsize=None)
 def _forward_keys(module_class: type) -> _Keys:
+    """The keywords `module_class.forward` takes (read once per class: inspecting is slow)."""
     forward = module_class.forward
     parameters = inspect.signature(forward).parameters
     names = {name for name, p in parameters.items()
