@@ -136,7 +136,8 @@ class LanguageModel(NNsight):
 
     def _on_device(self, kwargs: dict) -> dict:
         device = next((p.device for p in self._module.parameters()), torch.device("cpu"))
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return {k: v.to(device) if isinstance(v, torch.Tensor) and v.device != device else v
+                for k, v in kwargs.items()}
 
     # ---- running ----
     def _run(self, args: tuple, kwargs: dict) -> Any:
