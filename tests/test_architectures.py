@@ -58,6 +58,19 @@ def bert_folder(tmp_path_factory, gpt2_folder):
     return folder
 
 
+@pytest.fixture(scope="module")
+def mixtral_folder(tmp_path_factory, gpt2_folder):
+    folder = str(tmp_path_factory.mktemp("mixtral"))
+    tokenizer = _tokenizer_into(folder, gpt2_folder)
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    transformers.MixtralForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def _alone(net, tokenizer, prompt: str) -> torch.Tensor:
     with torch.no_grad():
         return net(**tokenizer(prompt, return_tensors="pt")).logits
@@ -174,3 +187,46 @@ def test_lazy_model_is_built_with_the_loading_keywords(gpt2_folder):
         expected = loaded(**model.tokenizer("Hello world", return_tensors="pt")).logits
     assert torch.equal(logits, expected)
     assert os.path.isdir(gpt2_folder)
+
+
+def test_mixture_of_experts_router_and_edit_match_hooks(mixtral_folder):
+    """Mixtral: the router's logits and the MoE block's output as raw hooks see them, and an edit
+    of the MoE output (scaled by 0.5 at layer 0) gives the logits the same edit by a hook gives."""
+    model = LanguageModel(mixtral_folder)
+    prompt = PROMPTS[0]
+    with model.trace(prompt):
+        router = model.model.layers[0].mlp.gate.output.save()
+        moe = model.model.layers[0].mlp.output.save()
+        plain_logits = model.lm_head.output.save()
+    with model.trace(prompt):
+        model.model.layers[0].mlp.output = model.model.layers[0].mlp.output * 0.5
+        edited_logits = model.lm_head.output.save()
+    net = model._module
+    seen = {}
+    inputs = model.tokenizer(prompt, return_tensors="pt")
+
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = out
+        return hook
+
+    handles = [net.model.layers[0].mlp.gate.register_forward_hook(keep("router")),
+               net.model.layers[0].mlp.register_forward_hook(keep("moe"))]
+    with torch.no_grad():
+        expected = net(**inputs).logits
+    for handle in handles:
+        handle.remove()
+    handle = net.model.layers[0].mlp.register_forward_hook(
+        lambda module, args, out: tuple(o * 0.5 for o in out) if isinstance(out, tuple) else out * 0.5)
+    with torch.no_grad():
+        expected_edited = net(**inputs).logits
+    handle.remove()
+
+    def first(value):
+        return value[0] if isinstance(value, tuple) else value
+
+    assert torch.allclose(first(router), first(seen["router"]), atol=1e-6)
+    assert torch.allclose(first(moe), first(seen["moe"]), atol=1e-6)
+    assert torch.allclose(plain_logits, expected, atol=1e-5)
+    assert torch.allclose(edited_logits, expected_edited, atol=1e-5)
+    assert not torch.allclose(edited_logits, plain_logits, atol=1e-4)
