@@ -32,7 +32,7 @@ import torch
 from ..envoy import Envoy
 from ..model import NNsight
 from ..tracing.tracer import Tracer
-from .generator import Generator
+from .generator import Generator, StreamerEnvoy
 from .lm_inputs import TOKEN_KEYS, batch_inputs, batch_size, normalize, with_positions
 
 
@@ -89,6 +89,8 @@ class LanguageModel(NNsight):
         )
         super().__init__(module, **naming)
         generator = Envoy(Generator(), self._gates, "model.generator")
+        streamer = StreamerEnvoy(generator._module.streamer, self._gates, "model.generator.streamer")
+        generator._children["streamer"] = generator.__dict__["streamer"] = streamer
         self._children["generator"] = generator
         self.__dict__["generator"] = generator
 
@@ -150,9 +152,8 @@ class LanguageModel(NNsight):
         self.dispatch()
         generator = self.generator._module
         generate_kwargs = {"pad_token_id": self.tokenizer.pad_token_id, **generate_kwargs}
-        if generate_kwargs.get("num_beams", 1) == 1 and "streamer" not in generate_kwargs:
-            generator.streamer.begin()
-            generate_kwargs["streamer"] = generator.streamer
+        if generate_kwargs.get("num_beams", 1) == 1:
+            generate_kwargs.setdefault("streamer", generator.streamer)
         output = self._module.generate(**self._on_device(inputs), **generate_kwargs)
         end_loops()  # before the generator output, so code after a loop can still read it
         return generator(output)
