@@ -231,11 +231,15 @@ def test_rename_cases(rename, found, missing):
             resolve(alias)
 
 
-def test_rename_errors():
+def test_rename_errors_leave_the_module_as_it_was():
+    net = _gpt2()
     with pytest.raises(ValueError, match="names no ancestor"):
-        NNsight(_gpt2(), rename={"h": "transformer.blocks"})
+        NNsight(net, rename={"h": "transformer.blocks"})
     with pytest.raises(ValueError, match="2 modules match"):
-        NNsight(_gpt2(), rename={"c_attn": ".qkv"})
+        NNsight(net, rename={"c_attn": ".qkv"})
+    assert all("forward" not in module.__dict__ for module in net.modules())  # no Gate left behind
+    model = NNsight(net)
+    assert all("forward" in module.__dict__ for module in net.modules())
 
 
 def test_aliases_in_a_cache_and_in_a_trace():

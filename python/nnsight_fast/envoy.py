@@ -49,13 +49,18 @@ class Envoy(ValueAccess):
         if root:  # the root of a tree: its gates, aliases and Envoy classes
             interleaver = ModelGates(Naming(rename, envoys))
         self.__dict__.update(_module=module, path=path, _gates=interleaver, _children={})
-        self._input_location, self._output_location = interleaver.install(module, path)
-        if interleaver.root_input_location < 0:
-            interleaver.root_input_location = self._input_location
-        for name, child in module.named_children():
-            self._add_child(name, child)
-        if root:
-            interleaver.naming.mount(self)
+        try:
+            self._input_location, self._output_location = interleaver.install(module, path)
+            if interleaver.root_input_location < 0:
+                interleaver.root_input_location = self._input_location
+            for name, child in module.named_children():
+                self._add_child(name, child)
+            if root:
+                interleaver.naming.mount(self)
+        except BaseException:
+            if root:  # a bad rename= (or envoys=) leaves the module as it was
+                interleaver.uninstall()
+            raise
 
     @property
     def interleaver(self) -> ModelGates:

@@ -13,6 +13,8 @@ ModelGates: it is what nnsight calls the tree's `interleaver`.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from . import _native
@@ -35,6 +37,7 @@ class ModelGates:
         self.location_hooks: dict = {}  # location -> the HookHandler hooks stacked there (hooks.py)
         self._installed: dict[int, tuple[int, int]] = {}
         self._gate_of: dict[int, object] = {}  # id(module) -> its Gate (another wrapper may gate it again)
+        self._gated: list = []  # (weakref to module, its Gate), to take them off again
 
     @property
     def interleaving(self) -> bool:
@@ -50,7 +53,18 @@ class ModelGates:
         gate = module.__dict__["forward"] = _native.make_gate(module.forward, self.dispatcher, *locations)
         self._installed[id(module)] = locations
         self._gate_of[id(module)] = gate
+        self._gated.append((weakref.ref(module), gate))
         return locations
+
+    def uninstall(self) -> None:
+        """Takes this tree's Gates off its modules (a wrapper whose construction failed)."""
+        for module_ref, gate in reversed(self._gated):
+            module = module_ref()
+            if module is not None and module.__dict__.get("forward") is gate:
+                del module.__dict__["forward"]
+        self._gated.clear()
+        self._installed.clear()
+        self._gate_of.clear()
 
     def gate_of(self, module: torch.nn.Module):
         """The Gate this tree installed on `module`."""

@@ -50,8 +50,12 @@ class NNsight(Envoy):
             envoys = getattr(type(self), "envoys", None)
         gates = ModelGates(Naming(rename, envoys), threaded)
         self.__dict__["_dispatcher"] = gates.dispatcher
-        super().__init__(module, gates, "model")
-        gates.naming.mount(self)
+        try:
+            super().__init__(module, gates, "model")
+            gates.naming.mount(self)
+        except BaseException:  # a bad rename= or envoys= leaves the module as it was
+            gates.uninstall()
+            raise
         self.__dict__["_target"] = ModelTarget(self)
 
     @property
