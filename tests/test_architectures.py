@@ -230,3 +230,20 @@ def test_mixture_of_experts_router_and_edit_match_hooks(mixtral_folder):
     assert torch.allclose(plain_logits, expected, atol=1e-5)
     assert torch.allclose(edited_logits, expected_edited, atol=1e-5)
     assert not torch.allclose(edited_logits, plain_logits, atol=1e-4)
+
+
+def test_labels_in_one_invoke_of_a_batch(gpt2_folder):
+    """Labels given to one invoke only: the batch's labels line up with the padded tokens and
+    the loss is the labelled invoke's loss alone."""
+    model = LanguageModel(gpt2_folder)
+    short = model.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    with model.trace() as tracer:
+        with tracer.invoke(PROMPTS[0]):
+            pass
+        with tracer.invoke(short, labels=short):
+            pass
+        with tracer.invoke():  # the whole batch
+            loss = model.output.loss.save()
+    with torch.no_grad():
+        expected = model._module(input_ids=short, labels=short).loss
+    assert torch.allclose(loss, expected, atol=1e-5)

@@ -33,7 +33,7 @@ from ..envoy import Envoy
 from ..model import NNsight
 from ..tracing.tracer import Tracer
 from .generator import Generator, StreamerEnvoy
-from .lm_inputs import TOKEN_KEYS, batch_inputs, batch_size, normalize, with_positions
+from .lm_inputs import TOKEN_KEYS, batch_inputs, batch_size, normalize, with_positions, without_padding_labels
 
 
 class GenerateTracer(Tracer):
@@ -146,6 +146,7 @@ class LanguageModel(NNsight):
         self.dispatch()
         if self._takes_positions():
             kwargs = with_positions(kwargs)
+        kwargs = without_padding_labels(kwargs)
         return self._module(*args, **self._on_device(kwargs))
 
     def _run_generate(self, inputs: dict, generate_kwargs: dict, end_loops) -> Any:

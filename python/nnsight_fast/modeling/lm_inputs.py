@@ -7,6 +7,7 @@
     inputs = normalize(tokenizer, None, input_ids=ids, token_type_ids=types)  # every key is kept
     batch = batch_inputs(tokenizer.pad_token_id, [inputs1, inputs2])       # left-padded, rows in order
     batch = with_positions(batch)          # position_ids from the attention mask (left padding)
+    batch = without_padding_labels(batch)  # a row's first token is not scored from a padding position
 
 Every invoke ends as a dict of `input_ids` (or `inputs_embeds`) and `attention_mask`
 (batch, tokens) plus whatever else it gave (`position_ids`, `token_type_ids`,
@@ -108,8 +109,11 @@ def normalize(tokenizer, value: Any = None, **keywords: Any) -> dict[str, Any]:
 
 def batch_size(inputs: dict) -> int:
     """How many prompts (rows) an invoke's normalized inputs hold."""
-    tokens = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
-    return tokens.shape[0]
+    return _tokens(inputs).shape[0]
+
+
+def _tokens(inputs: dict) -> torch.Tensor:
+    return inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
 
 
 def _pad_value(key: str, pad_token_id: int) -> float:
@@ -122,7 +126,7 @@ def _pad_value(key: str, pad_token_id: int) -> float:
 
 def _left_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
     missing = width - t.shape[1]
-    if missing == 0:
+    if missing <= 0:
         return t
     pad = t.new_full((t.shape[0], missing, *t.shape[2:]), value)
     return torch.cat([pad, t], dim=1)
@@ -132,6 +136,7 @@ def batch_inputs(pad_token_id: int, parts: list[dict]) -> dict[str, Any]:
     """Several invokes' inputs as one batch: per-row tensors are left-padded to the longest
     invoke (per key) and stacked in invoke order; other values must agree."""
     keys = list(dict.fromkeys(key for part in parts for key in part))
+    widths = [_tokens(part).shape[1] for part in parts]  # each invoke's token count
     batch: dict[str, Any] = {}
     for key in keys:
         values = [part.get(key) for part in parts]
@@ -143,16 +148,19 @@ def batch_inputs(pad_token_id: int, parts: list[dict]) -> dict[str, Any]:
             continue
         if len(tensors) < len(values):
             if key == "labels":  # an invoke without labels is not scored
-                values = [v if v is not None else torch.full((batch_size(p), 1), -100, dtype=torch.long)
-                          for v, p in zip(values, parts)]
+                values = [v if v is not None else torch.full((batch_size(p), w), -100, dtype=torch.long)
+                          for v, p, w in zip(values, parts, widths)]
             else:
                 raise ValueError(f"Only some invokes give `{key}`: give it to every invoke or to none")
         for value, part in zip(values, parts):
             if value.dim() == 0 or value.shape[0] != batch_size(part):
                 raise ValueError(f"`{key}` has shape {tuple(value.shape)}; each invoke's `{key}` must have one "
                                  f"row per prompt ({batch_size(part)})")
-        if values[0].dim() >= 2 and any(v.shape[1] != values[0].shape[1] for v in values):
-            width = max(v.shape[1] for v in values)
+        if values[0].dim() >= 2:
+            # per-token values (masks, positions, labels, ...) line up with the padded tokens;
+            # others (decoder inputs) are padded to their own longest
+            per_token = all(v.shape[1] == w for v, w in zip(values, widths))
+            width = max(widths) if per_token else max(v.shape[1] for v in values)
             values = [_left_pad(v, width, _pad_value(key, pad_token_id)) for v in values]
         batch[key] = torch.cat(values)
     for decoder in ("decoder_input_ids", "decoder_inputs_embeds"):
@@ -163,6 +171,18 @@ def batch_inputs(pad_token_id: int, parts: list[dict]) -> dict[str, Any]:
             batch["decoder_attention_mask"] = torch.cat(
                 [_left_pad(torch.ones(p[decoder].shape[:2], dtype=torch.long), width, 0) for p in parts])
     return batch
+
+
+def without_padding_labels(inputs: dict) -> dict:
+    """Left padding puts a padding position before a row's first token, and a causal LM's loss
+    would score that token from it: its label becomes -100, so each row's loss is its loss alone."""
+    mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if not isinstance(labels, torch.Tensor) or not isinstance(mask, torch.Tensor) or labels.shape != mask.shape \
+            or bool(mask.all()):
+        return inputs
+    labels = labels.clone()
+    labels[:, 1:][mask[:, :-1] == 0] = -100
+    return {**inputs, "labels": labels}
 
 
 def with_positions(inputs: dict) -> dict:
