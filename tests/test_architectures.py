@@ -15,60 +15,48 @@ from nnsight_fast import LanguageModel  # noqa: E402
 PROMPTS = ["The quick brown fox jumps over the lazy dog", "Hello"]
 
 
-def _tokenizer_into(folder: str, gpt2_folder: str):
+def _checkpoint(tmp_path_factory, gpt2_folder: str, name: str, build) -> str:
+    """A random-init checkpoint saved with the local GPT-2's tokenizer: `build(tokenizer)` makes the model."""
+    folder = str(tmp_path_factory.mktemp(name))
     tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_folder)
     tokenizer.save_pretrained(folder)
-    return tokenizer
+    torch.manual_seed(0)
+    build(tokenizer).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory, gpt2_folder):
-    folder = str(tmp_path_factory.mktemp("llama"))
-    tokenizer = _tokenizer_into(folder, gpt2_folder)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                      max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return _checkpoint(tmp_path_factory, gpt2_folder, "llama", lambda tokenizer: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)))
 
 
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory, gpt2_folder):
-    folder = str(tmp_path_factory.mktemp("t5"))
-    tokenizer = _tokenizer_into(folder, gpt2_folder)
-    torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                   num_heads=4, pad_token_id=tokenizer.eos_token_id,
-                                   decoder_start_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    transformers.T5ForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return _checkpoint(tmp_path_factory, gpt2_folder, "t5", lambda tokenizer: transformers.T5ForConditionalGeneration(
+        transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                              pad_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)))
 
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory, gpt2_folder):
-    folder = str(tmp_path_factory.mktemp("bert"))
-    tokenizer = _tokenizer_into(folder, gpt2_folder)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, type_vocab_size=2,
-                                     pad_token_id=tokenizer.eos_token_id)
-    transformers.BertForMaskedLM(config).eval().save_pretrained(folder)
-    return folder
+    return _checkpoint(tmp_path_factory, gpt2_folder, "bert", lambda tokenizer: transformers.BertForMaskedLM(
+        transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, type_vocab_size=2,
+                                pad_token_id=tokenizer.eos_token_id)).eval())
 
 
 @pytest.fixture(scope="module")
 def mixtral_folder(tmp_path_factory, gpt2_folder):
-    folder = str(tmp_path_factory.mktemp("mixtral"))
-    tokenizer = _tokenizer_into(folder, gpt2_folder)
-    torch.manual_seed(0)
-    config = transformers.MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
-                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    transformers.MixtralForCausalLM(config).save_pretrained(folder)
-    return folder
+    return _checkpoint(tmp_path_factory, gpt2_folder, "mixtral", lambda tokenizer: transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)))
 
 
 def _alone(net, tokenizer, prompt: str) -> torch.Tensor:

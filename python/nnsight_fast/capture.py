@@ -259,6 +259,8 @@ class _Site:
 
 
 _sites: dict[tuple, _Site] = {}
+
+
 def _site(filename: str, line: int, code: types.CodeType) -> _Site:
     key = (filename, line, code)
     site = _sites.get(key)
@@ -311,7 +313,10 @@ def _block_at(filename: str, line: int) -> ast.With | None:
 def _statement_lines(lines: list[str], start: int, indent: str) -> list[str] | None:
     """The lines of the compound statement starting at `lines[start]`, without its indentation
     `indent`; None when they cannot be told apart."""
-    def dedented():
+    def unindented(texts):  # lines less indented (blank lines, comments, strings' own lines) stay as they are
+        return [text[len(indent):] if text.startswith(indent) else text for text in texts]
+
+    def dedented():  # for the tokenizer, a less indented line starts at the margin
         for text in lines[start:]:
             yield text[len(indent):] if text.startswith(indent) else text.lstrip(" \t")
 
@@ -327,10 +332,9 @@ def _statement_lines(lines: list[str], start: int, indent: str) -> list[str] | N
             elif token.type == tokenize.DEDENT:
                 depth -= 1
                 if depth == 0:
-                    return [text[len(indent):] if text.startswith(indent) else text
-                            for text in lines[start:start + token.start[0] - 1]]
+                    return unindented(lines[start:start + token.start[0] - 1])
             elif token.type == tokenize.ENDMARKER:
-                return [text[len(indent):] if text.startswith(indent) else text for text in lines[start:]]
+                return unindented(lines[start:])
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return None
     return None

@@ -28,16 +28,14 @@ class ModelGates:
     gates.install(net.fc1, "model.fc1")      # -> (input location, output location)
     """
 
-    def __init__(self, naming: Naming | None = None, threaded: bool = False):
+    def __init__(self, naming: Naming | None = None):
         self.dispatcher = _native.Dispatcher()
-        self.dispatcher.threaded = threaded
         self.naming = naming if naming is not None else Naming(None, None)
         self.root_input_location = -1  # set by the root Envoy: one visit per step of a run
         self.source_sites: dict = {}  # `.source` of functions called inside forwards (source/envoy.py)
         self.location_hooks: dict = {}  # location -> the HookHandler hooks stacked there (hooks.py)
-        self._installed: dict[int, tuple[int, int]] = {}
-        self._gate_of: dict[int, object] = {}  # id(module) -> its Gate (another wrapper may gate it again)
-        self._gated: list = []  # (weakref to module, its Gate), to take them off again
+        # id(module) -> ((input, output) locations, its Gate, a weak reference to the module)
+        self._gated: dict[int, tuple[tuple[int, int], object, weakref.ref]] = {}
 
     @property
     def interleaving(self) -> bool:
@@ -46,26 +44,22 @@ class ModelGates:
 
     def install(self, module: torch.nn.Module, path: str) -> tuple[int, int]:
         """Installs the Gate on `module` (once); returns its (input, output) locations."""
-        known = self._installed.get(id(module))
+        known = self._gated.get(id(module))
         if known is not None:
-            return known
+            return known[0]
         locations = (self.dispatcher.intern(f"{path}.input"), self.dispatcher.intern(f"{path}.output"))
         gate = module.__dict__["forward"] = _native.make_gate(module.forward, self.dispatcher, *locations)
-        self._installed[id(module)] = locations
-        self._gate_of[id(module)] = gate
-        self._gated.append((weakref.ref(module), gate))
+        self._gated[id(module)] = (locations, gate, weakref.ref(module))
         return locations
 
     def uninstall(self) -> None:
         """Takes this tree's Gates off its modules (a wrapper whose construction failed)."""
-        for module_ref, gate in reversed(self._gated):
+        for _, gate, module_ref in reversed(self._gated.values()):
             module = module_ref()
             if module is not None and module.__dict__.get("forward") is gate:
                 del module.__dict__["forward"]
         self._gated.clear()
-        self._installed.clear()
-        self._gate_of.clear()
 
     def gate_of(self, module: torch.nn.Module):
-        """The Gate this tree installed on `module`."""
-        return self._gate_of[id(module)]
+        """The Gate this tree installed on `module` (another wrapper may gate it again)."""
+        return self._gated[id(module)][1]

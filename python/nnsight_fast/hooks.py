@@ -74,7 +74,7 @@ class HookHandler:
             stack.hooks = [(owner, hook) for owner, hook in stack.hooks if owner is not self]
             if not stack.hooks:
                 del stacks[location]
-                _native.set_location_hook(self.model._dispatcher, location, None)
+                _native.set_location_hook(self.model.interleaver.dispatcher, location, None)
         self._installed.clear()
 
     def _stacks(self) -> dict[int, _LocationHooks]:
@@ -85,5 +85,5 @@ class HookHandler:
         stack = stacks.get(location)
         if stack is None:
             stack = stacks[location] = _LocationHooks()
-            _native.set_location_hook(self.model._dispatcher, location, stack)
+            _native.set_location_hook(self.model.interleaver.dispatcher, location, stack)
         return stack

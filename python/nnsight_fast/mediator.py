@@ -222,9 +222,7 @@ def _require_mediator(path: str, what: str) -> Mediator:
 
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
-    mediator = current_mediator()
-    if mediator is None:
-        raise errors.outside_trace_error(f"{path}.{what}")
+    mediator = _require_mediator(path, what)
     forward = mediator.backward_of
     if forward is not None:  # in a backward block: the value this invoke read in the forward pass
         key = (location, forward.occurrence_of(path))
@@ -234,9 +232,7 @@ def request(location: int, path: str, what: str) -> Any:
                 "`with loss.backward():` to use it (or its .grad) inside"
             )
         return forward.history[key]
-    offsets = mediator._offsets
-    occurrence = mediator.iteration + offsets.get(path, 0) if offsets else mediator.iteration
-    return mediator.request(location, occurrence)
+    return mediator.request(location, mediator.occurrence_of(path))
 
 
 def assign(location: int, path: str, what: str, value: Any) -> None:

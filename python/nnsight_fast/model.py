@@ -25,8 +25,6 @@ from typing import Any
 import torch
 
 from .envoy import Envoy
-from .gating import ModelGates
-from .naming import Naming
 from .tracing.edit import EditTracer, export_edits, import_edits
 from .tracing.scan import ScanTracer
 from .tracing.session import Session
@@ -48,14 +46,8 @@ class NNsight(Envoy):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}")
         if envoys is None:  # a subclass may name its Envoy classes: `class MyModel(NNsight): envoys = ...`
             envoys = getattr(type(self), "envoys", None)
-        gates = ModelGates(Naming(rename, envoys), threaded)
-        self.__dict__["_dispatcher"] = gates.dispatcher
-        try:
-            super().__init__(module, gates, "model")
-            gates.naming.mount(self)
-        except BaseException:  # a bad rename= or envoys= leaves the module as it was
-            gates.uninstall()
-            raise
+        super().__init__(module, None, "model", rename, envoys)
+        self._gates.dispatcher.threaded = threaded
         self.__dict__["_target"] = ModelTarget(self)
 
     @property
@@ -63,11 +55,11 @@ class NNsight(Envoy):
         """True when the model runs some modules on other OS threads (a thread pool in its
         forward): bodies then run on worker threads, which any thread can serve, and module
         calls made on threads that run no trace join this model's running trace."""
-        return self._dispatcher.threaded
+        return self._gates.dispatcher.threaded
 
     @threaded.setter
     def threaded(self, value: bool) -> None:
-        self._dispatcher.threaded = bool(value)
+        self._gates.dispatcher.threaded = bool(value)
 
     # ---- tracing ----
     def trace(self, *args: Any, trace: bool = True, fn: Any = None, **kwargs: Any) -> Tracer | Any:
@@ -76,7 +68,7 @@ class NNsight(Envoy):
         fn=callable runs `fn(*inputs, **kwargs)` instead of the model (e.g. `fn=hf_model.generate`):
         each call of the wrapped model inside it is one step (`tracer.iter`, `tracer.all()`).
         trace=False runs the model once on the prepared inputs and returns its output."""
-        target = self._target if fn is None else CallTarget(self._target, fn)
+        target = self._target if fn is None else CallTarget(self, fn)
         if not trace:
             target.prepare()
             args, kwargs, _ = target.prepare_inputs(*args, **kwargs)
@@ -169,30 +161,12 @@ class ModelTarget:
         return self._model()._run(args, kwargs)
 
 
-class CallTarget:
+class CallTarget(ModelTarget):
     """A model's TraceTarget whose run is another callable (`trace(..., fn=hf_model.generate)`)."""
 
-    def __init__(self, target: ModelTarget, fn: Any):
-        self._target, self._fn = target, fn
-        self.dispatcher, self.input_location = target.dispatcher, target.input_location
-        self.result_location, self.edits, self.path_aliases = target.result_location, target.edits, target.path_aliases
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """The wrapped torch module."""
-        return self._target.module
-
-    def prepare(self) -> None:
-        """Readies the model for a run (a lazy model loads its weights)."""
-        self._target.prepare()
-
-    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
-        """One invoke's inputs as (args, kwargs, batch size)."""
-        return self._target.prepare_inputs(*args, **kwargs)
-
-    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
-        """Several invokes' prepared inputs as one batch (args, kwargs)."""
-        return self._target.batch_inputs(prepared)
+    def __init__(self, model: NNsight, fn: Any):
+        super().__init__(model, edits=model._target.edits)
+        self._fn = fn
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Calls `fn` on the batch (each model call inside it is a step)."""

@@ -70,18 +70,19 @@ class Naming:
         for key, aliases in self.rename.items():
             parts = key.strip(".").split(".")
             anchored = key.startswith(".") and _follow(root, parts) is not None
-            starts = [root] if anchored else [e for e in root.modules() if _follow(e, parts) is not None]
+            found = [(e, _follow(e, parts)) for e in ([root] if anchored else root.modules())]
+            found = [(start, target) for start, target in found if target is not None]
             for alias in aliases:
-                if alias.startswith(".") and len(starts) > 1:
+                if alias.startswith(".") and len(found) > 1:
                     raise ValueError(
-                        f"`rename` alias {alias!r} mounts {key!r} on the root, but {len(starts)} modules match it "
-                        f"({', '.join(_follow(e, parts).path for e in starts[:3])}, ...): name one of them"
+                        f"`rename` alias {alias!r} mounts {key!r} on the root, but {len(found)} modules match it "
+                        f"({', '.join(target.path for _, target in found[:3])}, ...): name one of them"
                     )
-                for start in starts:
-                    self._attach(root, start, parts, alias, key)
+                for start, target in found:
+                    self._attach(root, start, target, parts, alias, key)
 
-    def _attach(self, root: "Envoy", start: "Envoy", parts: list[str], alias: str, key: str) -> None:
-        target = _follow(start, parts)
+    def _attach(self, root: "Envoy", start: "Envoy", target: "Envoy", parts: list[str], alias: str,
+                key: str) -> None:
         if alias.startswith("."):  # mounted on the root
             parent, name = root, alias.strip(".")
         else:

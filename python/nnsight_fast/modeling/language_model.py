@@ -122,8 +122,8 @@ class LanguageModel(NNsight):
 
     def _check_keys(self, inputs: dict) -> None:
         """Refuses keys the model's forward does not take (they would be dropped or fail deep inside)."""
-        taken = _forward_keys(type(self._module))
-        unknown = sorted(key for key in inputs if key not in taken and (taken.open is False or key in TOKEN_KEYS))
+        taken, takes_any = _forward_keys(type(self._module))
+        unknown = sorted(key for key in inputs if key not in taken and (not takes_any or key in TOKEN_KEYS))
         if unknown:
             raise ValueError(
                 f"{type(self._module).__name__}.forward takes no {', '.join(repr(k) for k in unknown)}: it takes "
@@ -134,7 +134,7 @@ class LanguageModel(NNsight):
         return (), batch_inputs(self.tokenizer.pad_token_id, [kwargs for _, kwargs, _ in prepared])
 
     def _takes_positions(self) -> bool:
-        return "position_ids" in _forward_keys(type(self._module))
+        return "position_ids" in _forward_keys(type(self._module))[0]
 
     def _on_device(self, kwargs: dict) -> dict:
         device = next((p.device for p in self._module.parameters()), torch.device("cpu"))
@@ -164,32 +164,33 @@ class LanguageModel(NNsight):
         return GenerateTracer(self, args, kwargs)
 
 
-class _Keys(frozenset):
-    """The keyword names a forward takes; `open`: it also takes any other keyword (a bare `**kwargs`)."""
-
-    open = False
-
-
 @functools.lru_cache(maxsize=None)
-def _forward_keys(module_class: type) -> _Keys:
-    """The keywords `module_class.forward` takes (read once per class: inspecting is slow)."""
+def _forward_keys(module_class: type) -> tuple[frozenset[str], bool]:
+    """The keywords `module_class.forward` names, and whether it also takes any other keyword
+    (a bare `**kwargs`); read once per class: inspecting is slow."""
     forward = module_class.forward
     parameters = inspect.signature(forward).parameters
     names = {name for name, p in parameters.items()
              if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
     rest = next((p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
-    keys = _Keys(names)
     if rest is None:
-        return keys
-    try:  # `**kwargs: Unpack[SomeTypedDict]` names the keywords it takes
-        hint = typing.get_type_hints(forward).get(rest.name)
-        (typed,) = typing.get_args(hint) if typing.get_origin(hint) is typing.Unpack else (None,)
-        names |= set(typed.__annotations__)
-        return _Keys(names)
-    except Exception:  # noqa: BLE001 - no usable annotation: any keyword may be taken
-        keys = _Keys(names)
-        keys.open = True
-        return keys
+        return frozenset(names), False
+    typed = _typed_keywords(forward, rest.name)
+    if typed is None:
+        return frozenset(names), True
+    return frozenset(names | typed), False
+
+
+def _typed_keywords(forward: Any, name: str) -> set[str] | None:
+    """The keywords `**name: Unpack[SomeTypedDict]` names; None when it is not annotated so."""
+    try:
+        hint = typing.get_type_hints(forward).get(name)
+    except Exception:  # noqa: BLE001 - annotations that do not evaluate say nothing
+        return None
+    if typing.get_origin(hint) is not typing.Unpack:
+        return None
+    (typed,) = typing.get_args(hint)
+    return set(getattr(typed, "__annotations__", {}))
 
 
 def _meta_model(automodel: Any, repo_or_folder: Any, from_pretrained_kwargs: dict) -> torch.nn.Module:

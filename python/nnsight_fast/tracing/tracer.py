@@ -51,10 +51,6 @@ class Tracer(CapturedBlock):
 
     running = False
     _native = None
-    # Filled by the few traces that use them (a tuple until then: nothing to allocate per trace)
-    _caches: list | tuple = ()  # tracer.cache() requests
-    _cache_records: list | tuple = ()  # (CacheDict, [(path, kind, sink)]) once registered
-    _warnings: list | tuple = ()
 
     def __init__(self, model: "Envoy", target: "TraceTarget", args: tuple, kwargs: dict):
         self.model = model  # the root Envoy, as the user knows it
@@ -67,6 +63,9 @@ class Tracer(CapturedBlock):
         self._saved: dict[int, Any] = {}
         self._namespaces: list[dict] = []
         self.mediators: list[Mediator] = []
+        self._warnings: list[str] = []
+        self._caches: list = []  # tracer.cache() requests
+        self._cache_records: list = []  # (CacheDict, [(path, kind, sink)]) once registered
 
     @functools.cached_property
     def shared_variables(self) -> dict[str, Any]:
@@ -140,8 +139,6 @@ class Tracer(CapturedBlock):
                            for e in envoys for kind in kinds],
                    torch.device(device) if device is not None else None, dtype, detach,
                    mediator.index if mediator is not None else -1)
-        if not self._caches:
-            self._caches = []
         self._caches.append(request)
         if self._native is not None:
             self._register_cache(request)
@@ -155,8 +152,6 @@ class Tracer(CapturedBlock):
             sink: list = []
             self._native.add_cache_observer(location, sink, detach, device, dtype, mediator_index)
             records.append((path, kind, sink))
-        if not self._cache_records:
-            self._cache_records = []
         self._cache_records.append((cache, records))
 
     def barrier(self, participants: int) -> Barrier:
@@ -223,15 +218,11 @@ class Tracer(CapturedBlock):
             self._interleave(native, args, kwargs)
         finally:
             self.mediators = []
-            namespaces = self._namespaces
-            interrupted = False
             for mediator in mediators:
                 namespace = mediator.finish()
                 if namespace is not None:
-                    namespaces.append(namespace)
-                interrupted = interrupted or isinstance(mediator.error, KeyboardInterrupt)
-            if interrupted:
-                _raise_late_interrupt(mediators)
+                    self._namespaces.append(namespace)
+            _raise_late_interrupt(mediators)
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
         mediators = self.mediators
@@ -260,14 +251,12 @@ class Tracer(CapturedBlock):
             for mediator in mediators:
                 if mediator.busy:
                     mediator.cancel()
-        if self._cache_records:
-            for cache, records in self._cache_records:
-                cache._fill(records)
-            self._cache_records = ()
-        if self._warnings:
-            for message in self._warnings:
-                warnings.warn(message, UserWarning, stacklevel=4)
-            self._warnings = ()
+        for cache, records in self._cache_records:
+            cache._fill(records)
+        self._cache_records.clear()
+        for message in self._warnings:
+            warnings.warn(message, UserWarning, stacklevel=4)
+        self._warnings.clear()
         for mediator in mediators:
             failure = mediator.error
             if failure is None:
@@ -292,24 +281,21 @@ class Tracer(CapturedBlock):
     def _end_loops(self) -> None:
         """The model made its last step: loops waiting for another step end there, and the
         code after them runs (it may still ask for what comes after the steps)."""
-        steps_made = None
         for mediator in self.mediators:
             while mediator.loops and mediator.busy:
-                if steps_made is None:
-                    steps_made = self._native.visits(self.target.input_location)
+                steps_made = self._native.visits(self.target.input_location)
                 waiting = mediator.waiting
                 where = f"{self._native.name(waiting[0])}.i{waiting[1]}" if waiting is not None else None
                 end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made, where)
-                if end.warning():
-                    self._warnings = [*self._warnings, end.warning()]
+                message = end.warning()
+                if message:
+                    self._warnings.append(message)
                 mediator.cancel(end)
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
         self._end_loops()
         for mediator in self.mediators:
-            if not mediator.busy:
-                continue
             while mediator.busy and mediator.waiting is not None:
                 mediator.cancel(mediator.never_reached(*mediator.waiting))
             if mediator.busy and mediator.at_barrier is not None:
@@ -335,7 +321,6 @@ class Tracer(CapturedBlock):
 def _raise_late_interrupt(mediators: list) -> None:
     """A Ctrl-C that reached a body while the trace was ending (its error was stored, not
     raised) surfaces here, unless it is already on its way out."""
-    propagating = sys.exc_info()[1]
     for mediator in mediators:
-        if isinstance(mediator.error, KeyboardInterrupt) and mediator.error is not propagating:
+        if isinstance(mediator.error, KeyboardInterrupt) and mediator.error is not sys.exc_info()[1]:
             raise mediator.error
