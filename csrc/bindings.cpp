@@ -193,6 +193,14 @@ PYBIND11_MODULE(_native, m) {
   py::class_<Trace>(m, "Trace")
       .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
+      .def(
+          "visit_counts",
+          [](Trace& t) {
+            std::vector<int64_t> counts(static_cast<size_t>(t.state.dispatcher()->size()));
+            for (size_t i = 0; i < counts.size(); ++i) counts[i] = t.state.visits(static_cast<int>(i));
+            return counts;
+          },
+          "How many times the model has reached each location so far (indexed by location).")
       .def("name", [](Trace& t, int location) { return t.state.dispatcher()->name(location); })
       .def(
           "add_cache_observer",
@@ -214,6 +222,16 @@ PYBIND11_MODULE(_native, m) {
              if (!resume_released(&t.state)) throw py::error_already_set();
            })
       .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
+      .def(
+          "set_failures_abort", [](Trace& t, bool abort) { t.state.set_failures_abort(abort); },
+          "False: a body that fails ends alone and the model goes on (a server of independent requests).")
+      .def(
+          "set_rows",
+          [](Trace& t, int mediator, int64_t row_start, int64_t row_count) {
+            if (mediator < 0 || mediator >= t.state.mediator_count()) throw py::index_error("no such mediator");
+            t.state.set_rows(mediator, row_start, row_count);
+          },
+          "Gives a mediator rows [row_start, row_start + row_count) of the batch from now on (-1: all).")
       .def("add_mediator",
            [](Trace& t, py::object handoff, int64_t row_start, int64_t row_count) {
              auto* native = handoff.cast<Handoff*>();

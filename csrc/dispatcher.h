@@ -147,7 +147,7 @@ class TraceState {
   }
 
 
-  // Batch layout: set once per trace, before the model runs.
+  // Batch layout: set before the model runs (and again for each step where the batch changes).
   void set_batch(int64_t batch_size, int input_invokes) {
     batch_size_ = batch_size;
     input_invokes_ = input_invokes;
@@ -160,6 +160,15 @@ class TraceState {
     return static_cast<int>(mediators_.size()) - 1;
   }
   const MediatorSlot& mediator(int index) const { return mediators_[index]; }
+  // A server of independent requests (vLLM) keeps the model running when a body fails:
+  // that body ends alone, its error kept for its own caller.
+  void set_failures_abort(bool abort) { failures_abort_ = abort; }
+  bool failures_abort() const { return failures_abort_; }
+  // Moves a mediator to other rows (a server whose batch changes between steps).
+  void set_rows(int index, int64_t row_start, int64_t row_count) {
+    mediators_[index].row_start = row_start;
+    mediators_[index].row_count = row_count;
+  }
   int mediator_count() const { return static_cast<int>(mediators_.size()); }
 
  private:
@@ -176,6 +185,7 @@ class TraceState {
   int64_t serving_occurrence_ = -1;
   int64_t batch_size_ = -1;
   int input_invokes_ = 0;
+  bool failures_abort_ = true;
 };
 
 // The trace the current thread is running, if any (one per model thread).

@@ -455,7 +455,7 @@ bool resume_released(TraceState* trace) {
   while (trace->take_released(index)) {
     const Outcome outcome = trace->mediator(index).handoff->serve(Py_None);
     if (outcome == Outcome::Error) return false;
-    if (outcome == Outcome::Failed) {
+    if (outcome == Outcome::Failed && trace->failures_abort()) {
       PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
       return false;
     }
@@ -501,7 +501,7 @@ bool serve_one(TraceState* trace, int location, int index, PyObject*& current, s
       Py_DECREF(skipped);
     }
   }
-  if (outcome == Outcome::Failed) {
+  if (outcome == Outcome::Failed && trace->failures_abort()) {
     PyErr_SetNone(g_abort_type ? g_abort_type : PyExc_RuntimeError);
     return false;
   }

@@ -37,4 +37,13 @@ from .tracing import backward as _backward  # noqa: E402
 
 _backward.install()
 
-__all__ = ["NNsight", "LanguageModel", "Envoy", "save", "CONFIG", "OutOfOrderError", "HookHandler"]
+__all__ = ["NNsight", "LanguageModel", "Envoy", "save", "CONFIG", "OutOfOrderError", "HookHandler", "VLLM"]
+
+
+def __getattr__(name: str):
+    """`nnsight_fast.VLLM` imports vLLM only when used."""
+    if name == "VLLM":
+        from .modeling.vllm import VLLM
+
+        return VLLM
+    raise AttributeError(f"module 'nnsight_fast' has no attribute {name!r}")

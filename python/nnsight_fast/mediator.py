@@ -48,6 +48,8 @@ class Mediator:
     _namespace: dict | None = None
     _last: tuple[int, int, Any] = (-1, -1, None)  # the value served last
     _worker = None
+    _deferred: list | None = None  # actions to run before the body's turn ends (defer())
+    _bases: list | None = None  # per location: visits made before this body joined (join_now())
 
     def __init__(self, tracer: Owner, body, native_trace, rows: tuple[int, int] = (0, -1), *,
                  threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None):
@@ -107,11 +109,14 @@ class Mediator:
         _native.set_current_mediator(self)
         try:
             self._body.run(self._collect)
+            if self._deferred is not None:
+                self._run_deferred()
             return False
         except BaseException as error:  # noqa: BLE001 - every failure goes back to the model side
             self.error = error
             return True
         finally:
+            self._deferred = None
             _native.set_current_mediator(None)
             self._last = Mediator._last
 
@@ -128,6 +133,10 @@ class Mediator:
         if location == last_location and occurrence == last_occurrence:
             return value
         self.requests_made += 1
+        if self._bases is not None:
+            occurrence += self._base(location)
+        if self._deferred is not None:
+            self._run_deferred()
         try:
             value = _request(self._handoff, location, occurrence)
         except Cancelled:
@@ -146,6 +155,8 @@ class Mediator:
         """Gives the turn to the model until it serves a value or resumes this body.
 
         When the trace ends instead, raises the error the model side chose (`cancel(error)`)."""
+        if self._deferred is not None:
+            self._run_deferred()
         try:
             return _park(self._handoff)
         except Cancelled:
@@ -157,9 +168,37 @@ class Mediator:
         if self._pending_error is not None:
             raise self._pending_error from None
 
+    def defer(self, action) -> None:
+        """Runs `action()` when this body's turn ends (its next request or wait, or its end),
+        before the model goes on: e.g. writing an edited gathered value back to its shard."""
+        if self._deferred is None:
+            self._deferred = []
+        self._deferred.append(action)
+
+    def _run_deferred(self) -> None:
+        actions, self._deferred = self._deferred, None
+        for action in actions:
+            action()
+
+    def join_now(self) -> None:
+        """This body's calls count from the model's visits so far (a body that joins a run which
+        already made steps: its step 0 is the next one)."""
+        self._bases = self.native_trace.visit_counts()
+
+    def _base(self, location: int) -> int:
+        bases = self._bases
+        return bases[location] if location < len(bases) else 0
+
+    def visits(self, location: int) -> int:
+        """How many times the model reached `location`, counted from when this body joined."""
+        visits = self.native_trace.visits(location)
+        return visits - self._base(location) if self._bases is not None else visits
+
     def never_reached(self, location: int, occurrence: int) -> OutOfOrderError:
         """The run ended with this body still waiting at (location, occurrence)."""
-        name, visits = self.native_trace.name(location), self.native_trace.visits(location)
+        name, visits = self.native_trace.name(location), self.visits(location)
+        if self._bases is not None:
+            occurrence -= self._base(location)
         return OutOfOrderError(
             f"'{name}.i{occurrence}' was never reached: the run reached `{name}` {visits} time(s). If the model "
             "calls that module on another OS thread (a thread pool), wrap it with `NNsight(module, "

@@ -83,7 +83,7 @@ class Iterations(CapturedBlock):
                 mediator.at_step(step)
                 if requests_before == mediator.requests_made:
                     # The last step asked for nothing: wait for the model to begin this one.
-                    if mediator.native_trace.visits(self._sync_location) <= step:
+                    if mediator.visits(self._sync_location) <= step:
                         mediator.request(self._sync_location, step)
                 requests_before = mediator.requests_made
                 yield step

@@ -72,5 +72,5 @@ class StreamerEnvoy(Envoy):
         mediator = _mediator.current_mediator()
         if mediator is None:
             return super().output  # the usual outside-a-trace error
-        occurrence = max(mediator.occurrence_of(self.path), mediator.native_trace.visits(self._output_location))
+        occurrence = max(mediator.occurrence_of(self.path), mediator.visits(self._output_location))
         return mediator.request(self._output_location, occurrence)

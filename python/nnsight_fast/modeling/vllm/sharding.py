@@ -1,0 +1,146 @@
+"""Tensor parallel: a body sees whole values where a module's value is sharded across ranks.
+
+    sharding = Sharding.of_current_group()         # on a worker, once vLLM set up its groups
+    envoys = sharding.envoy_classes()              # {ColumnParallelLinear: ..., RowParallelLinear: ...}
+    model = NNsight(vllm_model, envoys=envoys)     # TP=1: None, plain Envoys
+
+With `tensor_parallel_size=N` each rank holds a slice of some values along their last
+dimension: the outputs of column-parallel linears (merged ones hold one slice per part,
+e.g. [gate_r, up_r]; QKV holds [q_r, k_r, v_r]) and of attention, the inputs of
+row-parallel linears. Reading one gathers the ranks' slices into the layout
+`tensor_parallel_size=1` has (every rank runs the same body, so the all-gathers pair
+up); an in-place edit of the whole value is written back to this rank's slice when the
+body's turn ends, and an assigned whole value is sliced again. Other values are
+already whole on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ... import mediator as _mediator
+from ...envoy import Envoy
+
+
+class Sharding:
+    """This worker's place in its tensor-parallel group and the gather/slice of values."""
+
+    def __init__(self, size: int, rank: int, group: Any = None):
+        self.size, self.rank, self._group = size, rank, group
+
+    @classmethod
+    def of_current_group(cls) -> "Sharding":
+        """The tensor-parallel group vLLM set up for this worker."""
+        from vllm.distributed import parallel_state
+
+        group = parallel_state.get_tp_group()
+        return cls(group.world_size, group.rank_in_group, group)
+
+    def gather(self, local: torch.Tensor, parts: list[int]) -> torch.Tensor:
+        """The whole value from each rank's `local` slice (`parts`: this rank's width of each part)."""
+        pieces = self._group.all_gather(local.contiguous(), dim=-1).split(sum(parts), dim=-1)  # one per rank
+        by_rank = [piece.split(parts, dim=-1) for piece in pieces]
+        return torch.cat([by_rank[r][p] for p in range(len(parts)) for r in range(self.size)], dim=-1)
+
+    def slice(self, whole: torch.Tensor, parts: list[int]) -> torch.Tensor:
+        """This rank's slice of a whole value."""
+        chunks = whole.split([p * self.size for p in parts], dim=-1)
+        return torch.cat([chunk[..., self.rank * p:(self.rank + 1) * p] for chunk, p in zip(chunks, parts)], dim=-1)
+
+    def envoy_classes(self) -> dict | None:
+        """Envoy classes for the modules whose values are sharded (None when TP=1)."""
+        if self.size == 1:
+            return None
+        from vllm.model_executor.layers.attention.attention import Attention
+        from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
+
+        attributes = {"sharding": self}
+        output = type("ShardedOutputEnvoy", (ShardedOutputEnvoy,), attributes)
+        inputs = type("ShardedInputEnvoy", (ShardedInputEnvoy,), attributes)
+        return {ColumnParallelLinear: output, Attention: output, RowParallelLinear: inputs}
+
+
+def _parts(module: torch.nn.Module, local_width: int, what: str) -> list[int]:
+    """This rank's width of each part of the value (one part unless a merged linear's output)."""
+    if what == "output":
+        sizes = getattr(module, "output_partition_sizes", None)
+        if sizes and not getattr(module, "gather_output", False):
+            return list(sizes)
+    return [local_width]
+
+
+class _Whole:
+    """The whole value a body reads at one visit, tied to this rank's slice."""
+
+    def __init__(self, sharding: Sharding, local: Any, parts: list[int]):
+        self.local, self.parts = local, parts
+        tensor = local[0] if isinstance(local, tuple) else local
+        self.whole_tensor = sharding.gather(tensor, parts)
+        self.whole = (self.whole_tensor, *local[1:]) if isinstance(local, tuple) else self.whole_tensor
+        self.version = self.whole_tensor._version
+
+    def write_back(self, sharding: Sharding) -> None:
+        if self.whole_tensor._version != self.version:  # edited in place
+            tensor = self.local[0] if isinstance(self.local, tuple) else self.local
+            tensor.copy_(sharding.slice(self.whole_tensor, self.parts))
+            self.version = self.whole_tensor._version
+
+
+class _ShardedValues(Envoy):
+    sharding: Sharding
+
+    def _whole(self, local: Any, location: int, what: str) -> Any:
+        mediator = _mediator.current_mediator()
+        seen = mediator.__dict__.get("_whole_values")
+        if seen is None:
+            seen = mediator.__dict__["_whole_values"] = {}
+        whole = seen.get(location)
+        if whole is None or whole.local is not local:
+            tensor = local[0] if isinstance(local, tuple) else local
+            whole = seen[location] = _Whole(self.sharding, local, _parts(self._module, tensor.shape[-1], what))
+            mediator.defer(lambda: (whole.write_back(self.sharding), seen.pop(location, None)))
+        return whole.whole
+
+    def _sliced(self, whole: Any, what: str) -> Any:
+        tensor = whole[0] if isinstance(whole, tuple) else whole
+        if not isinstance(tensor, torch.Tensor):
+            return whole
+        local = self.sharding.slice(tensor, _parts(self._module, tensor.shape[-1] // self.sharding.size, what))
+        return (local, *whole[1:]) if isinstance(whole, tuple) else local
+
+
+class ShardedOutputEnvoy(_ShardedValues):
+    """A module whose output is sliced across ranks: `.output` is the whole value."""
+
+    @property
+    def output(self) -> Any:
+        """The whole output (gathered from every rank)."""
+        local = _mediator.request(self._output_location, self.path, "output")
+        return self._whole(local, self._output_location, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        mediator = _mediator.current_mediator()
+        if mediator is not None:
+            mediator.__dict__.get("_whole_values", {}).pop(self._output_location, None)
+        _mediator.assign(self._output_location, self.path, "output", self._sliced(value, "output"))
+
+
+class ShardedInputEnvoy(_ShardedValues):
+    """A module whose first input is sliced across ranks: `.input` is the whole value."""
+
+    @property
+    def input(self) -> Any:
+        """The whole first input (gathered from every rank)."""
+        args, kwargs = _mediator.request(self._input_location, self.path, "input")
+        return self._whole(args[0], self._input_location, "input")
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        args, kwargs = _mediator.request(self._input_location, self.path, "input")
+        mediator = _mediator.current_mediator()
+        mediator.__dict__.get("_whole_values", {}).pop(self._input_location, None)
+        local = self._sliced(value, "input")
+        _mediator.assign(self._input_location, self.path, "input", ((local, *args[1:]), kwargs))
