@@ -129,12 +129,12 @@ class Mediator:
 
     def request(self, location: int, occurrence: int) -> Any:
         """The value at (location, occurrence): parks until the model gets there."""
+        if self._bases is not None:
+            occurrence += self._base(location)
         last_location, last_occurrence, value = self._last
         if location == last_location and occurrence == last_occurrence:
             return value
         self.requests_made += 1
-        if self._bases is not None:
-            occurrence += self._base(location)
         if self._deferred is not None:
             self._run_deferred()
         try:
@@ -208,7 +208,7 @@ class Mediator:
     def assign(self, location: int, occurrence: int, value: Any) -> None:
         """Replaces the value at (location, occurrence) with `value` once the model gets there."""
         self.request(location, occurrence)
-        self._last = (location, occurrence, value)
+        self._last = (*self._last[:2], value)  # the occurrence as request() counted it
         self._handoff.set_swap(value)
 
     def skip(self, location: int, occurrence: int, value: Any) -> None:

@@ -9,7 +9,7 @@ dimension: the outputs of column-parallel linears (merged ones hold one slice pe
 e.g. [gate_r, up_r]; QKV holds [q_r, k_r, v_r]) and of attention, the inputs of
 row-parallel linears. Reading one gathers the ranks' slices into the layout
 `tensor_parallel_size=1` has (every rank runs the same body, so the all-gathers pair
-up); an in-place edit of the whole value is written back to this rank's slice when the
+up); the whole value, edited in place or not, is copied back to this rank's slice when the
 body's turn ends, and an assigned whole value is sliced again. Other values are
 already whole on every rank.
 """
@@ -79,13 +79,12 @@ class _Whole:
         tensor = local[0] if isinstance(local, tuple) else local
         self.whole_tensor = sharding.gather(tensor, parts)
         self.whole = (self.whole_tensor, *local[1:]) if isinstance(local, tuple) else self.whole_tensor
-        self.version = self.whole_tensor._version
 
     def write_back(self, sharding: Sharding) -> None:
-        if self.whole_tensor._version != self.version:  # edited in place
-            tensor = self.local[0] if isinstance(self.local, tuple) else self.local
-            tensor.copy_(sharding.slice(self.whole_tensor, self.parts))
-            self.version = self.whole_tensor._version
+        # vLLM runs in inference mode, whose tensors keep no version counter to tell an
+        # edit: copy this rank's slice back whether or not the body edited it.
+        tensor = self.local[0] if isinstance(self.local, tuple) else self.local
+        tensor.copy_(sharding.slice(self.whole_tensor, self.parts))
 
 
 class _ShardedValues(Envoy):
