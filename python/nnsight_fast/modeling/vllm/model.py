@@ -23,6 +23,7 @@ Code in the trace body outside invokes runs here. Engine keywords go to `vllm.LL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import uuid
@@ -37,6 +38,7 @@ from .worker import EXTRA_KEY
 from .worker_trace import ResultOf
 
 _EXTENSION = "nnsight_fast.modeling.vllm.worker.NNsightFastWorker"
+_COLLECT_TIMEOUT_S = 300  # a worker that does not answer is an error, not a hang
 _SAMPLING_ALIASES = {"max_new_tokens": "max_tokens", "do_sample": None}
 
 
@@ -70,8 +72,11 @@ class VLLMTracer(Tracer):
             prompts.append(prompt)
         try:
             outputs = llm.generate(prompts, params, use_tqdm=False)
-        finally:
-            replies = llm.collective_rpc("nnsight_fast_collect", args=(trace_id,))
+        except BaseException:
+            with contextlib.suppress(Exception):  # end the trace's bodies on the workers, if they still answer
+                llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
+            raise
+        replies = llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
         saved, errors = unpack_values(next(reply for reply in replies if reply is not None))
         for index, values in saved:
             for name, value in values.items():
