@@ -95,7 +95,7 @@ def _reference(model: "VLLM", tracer: VLLMTracer, trace_id: str, obj: Any) -> An
     """How an object a body reads travels to the worker: Envoys and the tracer by reference."""
     if obj is tracer:
         return ("tracer", trace_id)
-    if isinstance(obj, Envoy) and obj._gates is model._gates:
+    if isinstance(obj, Envoy) and obj.interleaver is model.interleaver:
         return ("envoy", obj.path)
     if obj is model:
         return ("envoy", "model")

@@ -16,6 +16,7 @@ already whole on every rank.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -87,14 +88,23 @@ class _Whole:
         tensor.copy_(sharding.slice(self.whole_tensor, self.parts))
 
 
+# Per body: location -> the whole value read there in this turn (reads of one visit share it).
+_read_this_turn: "weakref.WeakKeyDictionary[Any, dict[int, _Whole]]" = weakref.WeakKeyDictionary()
+
+
+def _forget(location: int) -> None:
+    """An assignment replaces the value read at `location`: its whole value is not written back."""
+    mediator = _mediator.current_mediator()
+    if mediator is not None:
+        _read_this_turn.get(mediator, {}).pop(location, None)
+
+
 class _ShardedValues(Envoy):
     sharding: Sharding
 
     def _whole(self, local: Any, location: int, what: str) -> Any:
         mediator = _mediator.current_mediator()
-        seen = mediator.__dict__.get("_whole_values")
-        if seen is None:
-            seen = mediator.__dict__["_whole_values"] = {}
+        seen = _read_this_turn.setdefault(mediator, {})
         whole = seen.get(location)
         if whole is None or whole.local is not local:
             tensor = local[0] if isinstance(local, tuple) else local
@@ -121,9 +131,7 @@ class ShardedOutputEnvoy(_ShardedValues):
 
     @output.setter
     def output(self, value: Any) -> None:
-        mediator = _mediator.current_mediator()
-        if mediator is not None:
-            mediator.__dict__.get("_whole_values", {}).pop(self._output_location, None)
+        _forget(self._output_location)
         _mediator.assign(self._output_location, self.path, "output", self._sliced(value, "output"))
 
 
@@ -139,7 +147,6 @@ class ShardedInputEnvoy(_ShardedValues):
     @input.setter
     def input(self, value: Any) -> None:
         args, kwargs = _mediator.request(self._input_location, self.path, "input")
-        mediator = _mediator.current_mediator()
-        mediator.__dict__.get("_whole_values", {}).pop(self._input_location, None)
+        _forget(self._input_location)
         local = self._sliced(value, "input")
         _mediator.assign(self._input_location, self.path, "input", ((local, *args[1:]), kwargs))
