@@ -32,6 +32,7 @@ from typing import Any
 from ...envoy import Envoy
 from ...model import NNsight
 from ...tracing.tracer import Tracer
+from .engine_watch import dead_engine_raises
 from .shipping import pack_body, unpack_values
 from .step_modules import add_step_modules
 from .worker import EXTRA_KEY
@@ -71,7 +72,8 @@ class VLLMTracer(Tracer):
             params.append(model._sampling_params(settings, (trace_id, index, pack_body(invoke.body, refer))))
             prompts.append(prompt)
         try:
-            outputs = llm.generate(prompts, params, use_tqdm=False)
+            with dead_engine_raises(llm):
+                outputs = llm.generate(prompts, params, use_tqdm=False)
         except BaseException:
             with contextlib.suppress(Exception):  # end the trace's bodies on the workers, if they still answer
                 llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
@@ -150,7 +152,9 @@ class VLLM(NNsight):
         settings (`temperature`, `max_tokens`, `top_p`, ...). trace=False returns vLLM's outputs."""
         if not trace:
             params = self._sampling_params(sampling, None)
-            return self._engine().generate([self._prompt((p,)) for p in prompts], params, use_tqdm=False)
+            llm = self._engine()
+            with dead_engine_raises(llm):
+                return llm.generate([self._prompt((p,)) for p in prompts], params, use_tqdm=False)
         if len(prompts) > 1:
             raise ValueError("VLLM: give one prompt to model.trace(prompt), or use `tracer.invoke(prompt)` per prompt")
         return VLLMTracer(self, prompts, sampling)
@@ -201,14 +205,26 @@ def _meta_model(repo_or_folder: str, engine_kwargs: dict) -> Any:
 
     single = {k: v for k, v in engine_kwargs.items() if k not in ("tensor_parallel_size", "pipeline_parallel_size")}
     config = EngineArgs(model=repo_or_folder, **single).create_engine_config()
-    if torch.distributed.is_initialized():
-        raise RuntimeError("VLLM: torch.distributed is already initialized in this process; build the model first")
+    from vllm.model_executor.layers import rotary_embedding
+
+    ropes_before = set(rotary_embedding._ROPE_DICT)
+    own_groups = not torch.distributed.is_initialized()
+    if not own_groups and not (parallel_state.model_parallel_is_initialized()
+                               and parallel_state.get_tp_group().world_size == 1):
+        raise RuntimeError("VLLM: torch.distributed is already set up in this process for more than one rank; "
+                           "create the VLLM model before it")
     with set_current_vllm_config(config):
-        parallel_state.init_distributed_environment(1, 0, f"tcp://127.0.0.1:{get_open_port()}", 0, "gloo")
-        try:
+        if own_groups:  # vLLM's layers ask their tensor-parallel group for its size
+            parallel_state.init_distributed_environment(1, 0, f"tcp://127.0.0.1:{get_open_port()}", 0, "gloo")
             parallel_state.initialize_model_parallel(1, 1)
+        try:
             with torch.device("meta"):
                 return initialize_model(config)
         finally:
-            parallel_state.destroy_model_parallel()
-            parallel_state.destroy_distributed_environment()
+            if own_groups:
+                parallel_state.destroy_model_parallel()
+                parallel_state.destroy_distributed_environment()
+            # vLLM shares rotary embeddings through a process-wide cache: an engine in this
+            # process (VLLM_ENABLE_V1_MULTIPROCESSING=0) must not get the meta ones.
+            for key in set(rotary_embedding._ROPE_DICT) - ropes_before:
+                del rotary_embedding._ROPE_DICT[key]
