@@ -201,3 +201,50 @@ def test_an_invoke_without_a_prompt_is_refused(model):
         with model.trace(max_tokens=1) as tracer:
             with tracer.invoke():
                 model.logits.output.save()
+
+
+def _halve(tensor):
+    """A helper of this module: it travels to the worker by value."""
+    return tensor * 0.5
+
+
+class _Recorder:
+    """A class of this module, instantiated in the body on the worker."""
+
+    def __init__(self):
+        self.shapes = []
+
+
+def test_inputs_helpers_and_generate(model):
+    scale = 3.0
+    with model.generate(PROMPT, max_new_tokens=2, temperature=0.0) as tracer:
+        args, kwargs = model.model.layers[0].mlp.down_proj.inputs
+        inputs = (len(args), sorted(kwargs)).save()
+        halved = _halve(model.model.layers[0].mlp.output * scale).save()
+        recorder = _Recorder().save()
+        for step in tracer.all():
+            recorder.shapes.append(tuple(model.model.layers[1].output[0].shape))
+        out = tracer.result.save()
+    assert inputs == (1, [])
+    assert halved.shape == (len(model.tokenizer(PROMPT)["input_ids"]), 128)
+    assert recorder.shapes == [(halved.shape[0], 128), (1, 128)]
+    assert len(out.outputs[0].token_ids) == 2
+
+
+def test_helpers_of_a_module_the_worker_cannot_import_travel_by_value(model, tmp_path, monkeypatch):
+    model.llm  # the worker exists before the module below does
+    (tmp_path / "late_helpers.py").write_text(
+        "def double(tensor):\n"
+        "    return tensor * 2\n"
+        "\n"
+        "def run(model):\n"
+        "    with model.trace('Hello', max_tokens=1, temperature=0.0):\n"
+        "        hidden = model.model.layers[0].output[0]\n"
+        "        doubled = double(hidden).save()\n"
+        "        plain = hidden.clone().save()\n"
+        "    return doubled, plain\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import late_helpers
+
+    doubled, plain = late_helpers.run(model)
+    torch.testing.assert_close(doubled, plain * 2)

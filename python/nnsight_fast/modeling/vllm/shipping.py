@@ -7,22 +7,26 @@
 
 A body is its compiled code (marshal: the worker runs the same Python) plus the
 caller's values it reads, pickled with cloudpickle (functions and classes defined
-in a script travel by value). Objects that stand for the model — its Envoys, the
+in the body's own module — a script, a notebook, a test file — travel by value). Objects that stand for the model — its Envoys, the
 tracer — travel as references (`refer(obj)` gives a key, `resolve(key)` the worker's
 object), so the body works on the worker's real modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import marshal
 import pickle
+import sys
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cloudpickle
 
 from ...capture import CapturedBody
+
+_NEVER_BY_VALUE = {"nnsight_fast", "torch", "vllm", "transformers"}
 
 
 class _RefPickler(cloudpickle.Pickler):
@@ -73,13 +77,33 @@ def pack_body(body: CapturedBody, refer: Callable[[Any], Any]) -> bytes:
             ) from None
     module_globals = function.__globals__
     shipped = {}
-    for name in _global_names(code):
-        if name in module_globals and not name.startswith("__"):
-            try:
-                shipped[name] = _dumps(module_globals[name], refer)
-            except Exception:  # noqa: BLE001 - an unpicklable global the body may not even read
-                pass
+    with _by_value(module_globals.get("__name__")):
+        for name in _global_names(code):
+            if name in module_globals and not name.startswith("__"):
+                try:
+                    shipped[name] = _dumps(module_globals[name], refer)
+                except Exception:  # noqa: BLE001 - an unpicklable global the body may not even read
+                    pass
     return pickle.dumps((marshal.dumps(code), arguments, shipped))
+
+
+@contextlib.contextmanager
+def _by_value(module_name: str | None) -> Iterator[None]:
+    """Functions and classes of the body's own module travel by value: the worker may not be
+    able to import it (a test module, a script's helper module, a notebook)."""
+    module = sys.modules.get(module_name) if module_name not in (None, "__main__") else None
+    if module is None or module_name.split(".")[0] in _NEVER_BY_VALUE:
+        yield
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:  # already registered
+        yield
+        return
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def unpack_body(data: bytes, resolve: Callable[[Any], Any]) -> CapturedBody:
