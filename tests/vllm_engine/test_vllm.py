@@ -3,6 +3,8 @@ edited to do the same thing, a forward hook on the worker's module)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -248,3 +250,27 @@ def test_helpers_of_a_module_the_worker_cannot_import_travel_by_value(model, tmp
 
     doubled, plain = late_helpers.run(model)
     torch.testing.assert_close(doubled, plain * 2)
+
+
+def test_ctrl_c_during_generation_leaves_no_request_behind(model):
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    model.llm  # the engine runs before the alarm is armed
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            with model.trace(PROMPT, max_tokens=100, ignore_eos=True, **GREEDY) as tracer:
+                for step in tracer.all():
+                    model.model.layers[0].mlp.output[:] *= 1.0
+                    time.sleep(0.01)  # a slow body: the alarm lands while vLLM generates
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not model.llm.llm_engine.has_unfinished_requests()
+    logits, tokens = _trace_logits(model, "Hello", 2)
+    plain = model.trace("Hello", trace=False, max_tokens=2, **GREEDY)
+    assert len(plain) == 1 and tokens == list(plain[0].outputs[0].token_ids)

@@ -74,8 +74,9 @@ class VLLMTracer(Tracer):
         try:
             with dead_engine_raises(llm):
                 outputs = llm.generate(prompts, params, use_tqdm=False)
-        except BaseException:
-            with contextlib.suppress(Exception):  # end the trace's bodies on the workers, if they still answer
+        except BaseException:  # Ctrl-C, a dead engine: nothing of this trace may run on
+            with contextlib.suppress(Exception):
+                _abort_unfinished(llm)
                 llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
             raise
         replies = llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
@@ -91,6 +92,14 @@ class VLLMTracer(Tracer):
             if lines:
                 error.add_note("raised in vLLM's worker by the traced block:\n" + "\n".join(lines))
             raise error
+
+
+def _abort_unfinished(llm: Any) -> None:
+    """Aborts the requests an interrupted `generate` left in the engine (LLM runs one generate at
+    a time, so they are this trace's): they would otherwise run on and come back with the next one."""
+    engine = llm.llm_engine
+    if engine.has_unfinished_requests():
+        engine.abort_request(list(engine.output_processor.request_states), internal=True)
 
 
 def _reference(model: "VLLM", tracer: VLLMTracer, trace_id: str, obj: Any) -> Any:
