@@ -261,7 +261,9 @@ def _require_mediator(path: str, what: str) -> Mediator:
 
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
-    mediator = _require_mediator(path, what)
+    mediator = current_mediator()
+    if mediator is None:
+        raise errors.outside_trace_error(f"{path}.{what}")
     forward = mediator.backward_of
     if forward is not None:  # in a backward block: the value this invoke read in the forward pass
         key = (location, forward.occurrence_of(path))
@@ -271,7 +273,8 @@ def request(location: int, path: str, what: str) -> Any:
                 "`with loss.backward():` to use it (or its .grad) inside"
             )
         return forward.history[key]
-    return mediator.request(location, mediator.occurrence_of(path))
+    offsets = mediator._offsets  # occurrence_of(path), inlined: this is every read's path
+    return mediator.request(location, mediator.iteration + offsets.get(path, 0) if offsets else mediator.iteration)
 
 
 def assign(location: int, path: str, what: str, value: Any) -> None:
@@ -288,4 +291,8 @@ def skip(location: int, path: str, value: Any) -> None:
 
 def advance(path: str, step: int) -> None:
     """Moves the current invoke's view of the module at `path` `step` calls forward."""
-    _require_mediator(path, "next").advance(path, step)
+    mediator = current_mediator()
+    if mediator is None:
+        raise errors.outside_trace_error(f"{path}.next")
+    offsets = mediator._offsets  # Mediator.advance, inlined
+    offsets[path] = offsets.get(path, 0) + step
