@@ -24,7 +24,7 @@ PROMPT = "The Eiffel Tower is in the city of"
 
 def _build_checkpoint(folder: str) -> str:
     sys.path.insert(0, os.path.join(HERE, "..", "tests", "vllm_engine"))
-    from llama_checkpoint import build_llama
+    from checkpoints import build_llama
 
     return build_llama(folder)
 

@@ -13,7 +13,7 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the oracle hooks travel as callables
 
-from llama_checkpoint import ENGINE, build_llama  # noqa: E402
+from checkpoints import ENGINE, build_llama  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

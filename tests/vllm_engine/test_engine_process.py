@@ -25,7 +25,7 @@ def test_an_engine_in_this_process_traces_and_steers(llama_folder, tmp_path):
     out = _run(f"""
         import torch
         from nnsight_fast import VLLM
-        from llama_checkpoint import ENGINE
+        from checkpoints import ENGINE
         if __name__ == "__main__":
             model = VLLM({llama_folder!r}, **ENGINE)
             vector = torch.randn(128, generator=torch.Generator().manual_seed(1)) * 4
@@ -46,7 +46,7 @@ def test_a_dead_engine_is_an_error_not_a_hang(llama_folder, tmp_path):
     out = _run(f"""
         import psutil
         from nnsight_fast import VLLM
-        from llama_checkpoint import ENGINE
+        from checkpoints import ENGINE
         if __name__ == "__main__":
             model = VLLM({llama_folder!r}, **ENGINE)
             with model.trace("Hello", temperature=0.0, max_tokens=1):

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from llama_checkpoint import ENGINE
+from checkpoints import ENGINE
 
 PROMPT = "The Eiffel Tower is in"
 

@@ -67,7 +67,7 @@ def test_logits_without_intervention_equal_plain_vllm(model):
 def test_zeroing_an_mlp_equals_a_checkpoint_whose_mlp_outputs_zero(model, tmp_path, edit):
     from vllm import LLM
 
-    from llama_checkpoint import ENGINE, build_llama
+    from checkpoints import ENGINE, build_llama
 
     logits, tokens = _trace_logits(model, PROMPT, 4, edit=edit)
     unedited, _ = _trace_logits(model, PROMPT, 4)

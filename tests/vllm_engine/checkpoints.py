@@ -1,4 +1,4 @@
-"""The tiny random-init Llama the vLLM tests run (built and saved locally, no download)."""
+"""The tiny random-init checkpoints the vLLM tests run (built and saved locally, no download)."""
 
 from __future__ import annotations
 
@@ -23,5 +23,21 @@ def build_llama(folder: str, zero_mlp_layer: int | None = None) -> str:
         with torch.no_grad():
             model.model.layers[zero_mlp_layer].mlp.down_proj.weight.zero_()
     model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_mixtral(folder: str, tokenizer_folder: str) -> str:
+    """A 2-layer Mixtral (4 experts, 2 per token, hidden 128) with the tokenizer of `tokenizer_folder`."""
+    import torch
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                           max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    MixtralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
