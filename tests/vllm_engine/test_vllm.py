@@ -274,3 +274,11 @@ def test_ctrl_c_during_generation_leaves_no_request_behind(model):
     logits, tokens = _trace_logits(model, "Hello", 2)
     plain = model.trace("Hello", trace=False, max_tokens=2, **GREEDY)
     assert len(plain) == 1 and tokens == list(plain[0].outputs[0].token_ids)
+
+
+def test_several_samples_per_invoke_are_refused(model):
+    with pytest.raises(ValueError, match="one `tracer.invoke\\(prompt\\)` per sample"):
+        with model.trace(PROMPT, max_tokens=1, n=2):
+            model.logits.output.save()
+    logits, _ = _trace_logits(model, PROMPT, 1)
+    assert len(logits) == 1

@@ -195,6 +195,9 @@ class VLLM(NNsight):
                     settings.setdefault(name, value)
         extra = dict(settings.pop("extra_args", None) or {})
         if shipped is not None:
+            if settings.get("n", 1) != 1:
+                raise ValueError(f"VLLM: n={settings['n']} makes vLLM run {settings['n']} requests for one invoke; "
+                                 "open one `tracer.invoke(prompt)` per sample instead")
             extra[EXTRA_KEY] = shipped
         try:
             return SamplingParams(**settings, extra_args=extra or None)
