@@ -282,3 +282,12 @@ def test_several_samples_per_invoke_are_refused(model):
             model.logits.output.save()
     logits, _ = _trace_logits(model, PROMPT, 1)
     assert len(logits) == 1
+
+
+def test_collecting_a_trace_the_worker_never_saw_is_an_error_record(model):
+    from nnsight_fast.modeling.vllm.shipping import unpack_values
+
+    saved, errors = unpack_values(model.llm.collective_rpc("nnsight_fast_collect", args=("no-such-trace",))[0])
+    assert saved == [] and len(errors) == 1
+    index, error, lines = errors[0]
+    assert isinstance(error, RuntimeError) and "no request of this trace" in str(error) and lines == []

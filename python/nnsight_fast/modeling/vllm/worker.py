@@ -168,7 +168,8 @@ class _Runtime:
     def end(self, trace_id: str) -> bytes:
         trace = self.traces.pop(trace_id, None)
         if trace is None:
-            return pack_values(([], [RuntimeError("nnsight_fast: no request of this trace reached the worker")]))
+            return pack_values(([], [(-1, RuntimeError("nnsight_fast: no request of this trace reached vLLM's worker"),
+                                      [])]))
         for req_id in [r for r, (t, _) in self._requests.items() if t is trace]:
             del self._requests[req_id]
         filename = self._filenames.pop(trace_id, None)
