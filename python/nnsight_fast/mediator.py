@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from . import _native, errors
-from .errors import Cancelled, OutOfOrderError
+from .errors import Cancelled, LoopEnd, OutOfOrderError
 from .workers import POOL
 
 current_mediator = _native.current_mediator
@@ -194,6 +194,27 @@ class Mediator:
         visits = self.native_trace.visits(location)
         return visits - self._base(location) if self._bases is not None else visits
 
+    def end_loops(self, step_location: int) -> list[str]:
+        """The run made its last step: each `tracer.iter` loop this body waits in ends there
+        (LoopEnd; the code after it runs). Returns the warnings of loops that named a step
+        never made; `step_location` is the location visited once per step."""
+        messages = []
+        while self.loops and self.busy:
+            waiting = self.waiting
+            where = f"{self.native_trace.name(waiting[0])}.i{waiting[1]}" if waiting is not None else None
+            end = LoopEnd(self.loops[-1], self.iteration, self.visits(step_location), where)
+            message = end.warning()
+            if message:
+                messages.append(message)
+            self.cancel(end)
+        return messages
+
+    def end_waits(self, keep_location: int = -1) -> None:
+        """The run is over: a request still parked will never be served (OutOfOrderError at the
+        user's line); one parked at `keep_location` stays parked (served later)."""
+        while self.busy and self.waiting is not None and self.waiting[0] != keep_location:
+            self.cancel(self.never_reached(*self.waiting))
+
     def never_reached(self, location: int, occurrence: int) -> OutOfOrderError:
         """The run ended with this body still waiting at (location, occurrence)."""
         name, visits = self.native_trace.name(location), self.visits(location)
@@ -252,6 +273,14 @@ class Mediator:
         self._nested_sources[key] = source
 
 
+def mediator_of(tracer: Any, what: str) -> Mediator:
+    """The body running now, which must belong to `tracer` (`what` names the call in the error)."""
+    mediator = current_mediator()
+    if mediator is None or mediator.tracer is not tracer:
+        raise errors.outside_trace_error(what)
+    return mediator
+
+
 def _require_mediator(path: str, what: str) -> Mediator:
     mediator = current_mediator()
     if mediator is None:
@@ -294,5 +323,4 @@ def advance(path: str, step: int) -> None:
     mediator = current_mediator()
     if mediator is None:
         raise errors.outside_trace_error(f"{path}.next")
-    offsets = mediator._offsets  # Mediator.advance, inlined
-    offsets[path] = offsets.get(path, 0) + step
+    mediator.advance(path, step)

@@ -27,8 +27,8 @@ import torch
 from .. import _native
 from ..capture import CapturedBlock, write_back
 from ..config import CONFIG
-from ..errors import Abort, Cancelled, EarlyStop, LoopEnd, outside_trace_error, strip_library_frames
-from ..mediator import Mediator, current_mediator
+from ..errors import Abort, Cancelled, EarlyStop, LoopEnd, strip_library_frames
+from ..mediator import Mediator, current_mediator, mediator_of
 from ..saving import enter_scope
 from ..steps import Iterations
 from .barrier import Barrier
@@ -115,9 +115,7 @@ class Tracer(CapturedBlock):
 
     def next(self, step: int = 1) -> "Tracer":
         """Later requests in this invoke refer to the step `step` further on."""
-        mediator = current_mediator()
-        if mediator is None or mediator.tracer is not self:
-            raise outside_trace_error("tracer.next")
+        mediator = mediator_of(self, "tracer.next")
         mediator.at_step(mediator.iteration + step)
         return self
 
@@ -165,10 +163,7 @@ class Tracer(CapturedBlock):
     @property
     def result(self) -> Any:
         """The return value of the traced call."""
-        mediator = current_mediator()
-        if mediator is None or mediator.tracer is not self:
-            raise outside_trace_error("result")
-        return mediator.request(self.target.result_location, 0)
+        return mediator_of(self, "result").request(self.target.result_location, 0)
 
     def record_save(self, value: Any) -> None:
         """Keeps `value` (and the variable holding it) after the trace."""
@@ -282,22 +277,13 @@ class Tracer(CapturedBlock):
         """The model made its last step: loops waiting for another step end there, and the
         code after them runs (it may still ask for what comes after the steps)."""
         for mediator in self.mediators:
-            while mediator.loops and mediator.busy:
-                steps_made = self._native.visits(self.target.input_location)
-                waiting = mediator.waiting
-                where = f"{self._native.name(waiting[0])}.i{waiting[1]}" if waiting is not None else None
-                end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made, where)
-                message = end.warning()
-                if message:
-                    self._warnings.append(message)
-                mediator.cancel(end)
+            self._warnings += mediator.end_loops(self.target.input_location)
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
         self._end_loops()
         for mediator in self.mediators:
-            while mediator.busy and mediator.waiting is not None:
-                mediator.cancel(mediator.never_reached(*mediator.waiting))
+            mediator.end_waits()
             if mediator.busy and mediator.at_barrier is not None:
                 mediator.cancel(ValueError(mediator.at_barrier.missing_message()))
 

@@ -44,15 +44,12 @@ _SAMPLING_ALIASES = {"max_new_tokens": "max_tokens", "do_sample": None}
 
 
 class VLLMTracer(Tracer):
-    """`model.trace(...)` on a VLLM model: each invoke is one vLLM request whose body runs in the worker."""
+    """`model.trace(...)` on a VLLM model: each invoke is one vLLM request whose body runs in the worker;
+    `tracer.invoke(prompt, **sampling)` gives an invoke its own sampling settings."""
 
     def __init__(self, model: "VLLM", args: tuple, sampling: dict):
         super().__init__(model, model._target, args, {})
         self.sampling = sampling
-
-    def invoke(self, *args: Any, **sampling: Any):
-        """One request: `tracer.invoke(prompt, **sampling)` (settings override the trace's)."""
-        return super().invoke(*args, **sampling)
 
     def _execute(self) -> None:
         model: VLLM = self.model
@@ -71,15 +68,17 @@ class VLLMTracer(Tracer):
             settings = {**self.sampling, **overrides}
             params.append(model._sampling_params(settings, (trace_id, index, pack_body(invoke.body, refer))))
             prompts.append(prompt)
+        collect = functools.partial(llm.collective_rpc, "nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S,
+                                    args=(trace_id,))
         try:
             with dead_engine_raises(llm):
                 outputs = llm.generate(prompts, params, use_tqdm=False)
         except BaseException:  # Ctrl-C, a dead engine: nothing of this trace may run on
             with contextlib.suppress(Exception):
                 _abort_unfinished(llm)
-                llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
+                collect()
             raise
-        replies = llm.collective_rpc("nnsight_fast_collect", timeout=_COLLECT_TIMEOUT_S, args=(trace_id,))
+        replies = collect()
         saved, errors = unpack_values(next(reply for reply in replies if reply is not None))
         for index, values in saved:
             for name, value in values.items():
@@ -106,10 +105,8 @@ def _reference(model: "VLLM", tracer: VLLMTracer, trace_id: str, obj: Any) -> An
     """How an object a body reads travels to the worker: Envoys and the tracer by reference."""
     if obj is tracer:
         return ("tracer", trace_id)
-    if isinstance(obj, Envoy) and obj.interleaver is model.interleaver:
+    if isinstance(obj, Envoy) and obj.interleaver is model.interleaver:  # the model itself too ("model")
         return ("envoy", obj.path)
-    if obj is model:
-        return ("envoy", "model")
     return None
 
 

@@ -63,6 +63,16 @@ class Sharding:
         return {ColumnParallelLinear: output, Attention: output, RowParallelLinear: inputs}
 
 
+def _tensor_of(value: Any) -> Any:
+    """The sharded tensor of a value: the value, or the first item of a linear's (output, bias)."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _with_tensor(value: Any, tensor: Any) -> Any:
+    """`value` with its sharded tensor replaced by `tensor`."""
+    return (tensor, *value[1:]) if isinstance(value, tuple) else tensor
+
+
 def _parts(module: torch.nn.Module, local_width: int, what: str) -> list[int]:
     """This rank's width of each part of the value (one part unless a merged linear's output)."""
     if what == "output":
@@ -76,16 +86,14 @@ class _Whole:
     """The whole value a body reads at one visit, tied to this rank's slice."""
 
     def __init__(self, sharding: Sharding, local: Any, parts: list[int]):
-        self.local, self.parts = local, parts
-        tensor = local[0] if isinstance(local, tuple) else local
-        self.whole_tensor = sharding.gather(tensor, parts)
-        self.whole = (self.whole_tensor, *local[1:]) if isinstance(local, tuple) else self.whole_tensor
+        self.sharding, self.local, self.parts = sharding, local, parts
+        self.whole_tensor = sharding.gather(_tensor_of(local), parts)
+        self.whole = _with_tensor(local, self.whole_tensor)
 
-    def write_back(self, sharding: Sharding) -> None:
+    def write_back(self) -> None:
         # vLLM runs in inference mode, whose tensors keep no version counter to tell an
         # edit: copy this rank's slice back whether or not the body edited it.
-        tensor = self.local[0] if isinstance(self.local, tuple) else self.local
-        tensor.copy_(sharding.slice(self.whole_tensor, self.parts))
+        _tensor_of(self.local).copy_(self.sharding.slice(self.whole_tensor, self.parts))
 
 
 # Per body: location -> the whole value read there in this turn (reads of one visit share it).
@@ -107,17 +115,17 @@ class _ShardedValues(Envoy):
         seen = _read_this_turn.setdefault(mediator, {})
         whole = seen.get(location)
         if whole is None or whole.local is not local:
-            tensor = local[0] if isinstance(local, tuple) else local
-            whole = seen[location] = _Whole(self.sharding, local, _parts(self._module, tensor.shape[-1], what))
-            mediator.defer(lambda: (whole.write_back(self.sharding), seen.pop(location, None)))
+            parts = _parts(self._module, _tensor_of(local).shape[-1], what)
+            whole = seen[location] = _Whole(self.sharding, local, parts)
+            mediator.defer(lambda: (whole.write_back(), seen.pop(location, None)))
         return whole.whole
 
     def _sliced(self, whole: Any, what: str) -> Any:
-        tensor = whole[0] if isinstance(whole, tuple) else whole
+        tensor = _tensor_of(whole)
         if not isinstance(tensor, torch.Tensor):
             return whole
         local = self.sharding.slice(tensor, _parts(self._module, tensor.shape[-1] // self.sharding.size, what))
-        return (local, *whole[1:]) if isinstance(whole, tuple) else local
+        return _with_tensor(whole, local)
 
 
 class ShardedOutputEnvoy(_ShardedValues):

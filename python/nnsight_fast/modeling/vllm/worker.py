@@ -23,7 +23,7 @@ from ...model import NNsight
 from .sharding import Sharding
 from .shipping import pack_values, unpack_body
 from .step_modules import add_step_modules
-from .worker_trace import WorkerTrace, user_lines
+from .worker_trace import WorkerTrace
 
 EXTRA_KEY = "nnsight_fast"
 
@@ -65,7 +65,6 @@ class _Runtime:
         self.envoy = NNsight(self.module, envoys=self.sharding.envoy_classes())
         self.traces: dict[str, WorkerTrace] = {}
         self._requests: dict[str, tuple[WorkerTrace, int]] = {}  # vLLM request id -> (trace, invoke)
-        self._filenames: dict[str, str] = {}
         self._scheduled = None
         self._step: WorkerTrace | None = None
         self._step_requests: list[int] = []  # invoke index per request row of the step (-1: not traced)
@@ -75,7 +74,7 @@ class _Runtime:
     def resolve(self, key: Any) -> Any:
         kind, value = key
         if kind == "envoy":
-            return self.envoy.get(value) if value != "model" else self.envoy
+            return self.envoy.get(value)  # "model" is the root itself
         if kind == "tracer":
             return self.traces[value]
         raise ValueError(f"unknown reference {key!r}")
@@ -133,7 +132,6 @@ class _Runtime:
             if trace is None:
                 trace = self.traces[trace_id] = WorkerTrace(self.envoy)
             body = unpack_body(data, self.resolve)
-            self._filenames[trace_id] = body.function.__code__.co_filename
             trace.add_invoke(index, body)
             self._requests[request.req_id] = (trace, index)
         for req_id in scheduler_output.finished_req_ids:
@@ -172,14 +170,12 @@ class _Runtime:
                                       [])]))
         for req_id in [r for r, (t, _) in self._requests.items() if t is trace]:
             del self._requests[req_id]
-        filename = self._filenames.pop(trace_id, None)
         if self._step is trace:
             self._step = None
         saved, errors = [], []
-        for index, values, error in trace.end():
+        for index, values, error, lines in trace.end():
             saved.append((index, values))
             if error is not None:
-                lines = user_lines(error, filename)
                 errors.append((index, _portable(error), lines))
         try:
             return pack_values((saved, errors))

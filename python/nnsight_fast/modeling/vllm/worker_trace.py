@@ -2,11 +2,12 @@
 
     trace = WorkerTrace(root_envoy)                  # root_envoy: NNsight over vLLM's model
     trace.add_invoke(index=0, body=body)             # a body shipped with a request
-    trace.begin_step({0: (0, 5), 1: (5, 3)}, rows=8) # this step's flat token rows per invoke
+    trace.begin_step({0: (0, 5), 1: (5, 3)}, batch=8)  # this step's flat token rows per invoke
     with trace.running():                            # the model's forward for the step
         hidden = model(...)
     trace.invoke_finished(0)                         # vLLM finished that request
-    saved, errors = trace.end()                      # per invoke: saved variables, error
+    for index, saved, error, lines in trace.end():   # per invoke: saved variables, error, its lines
+        ...
 
 vLLM packs the scheduled requests of a step into flat `[tokens, ...]` activations:
 each invoke owns its request's rows (its prompt at step 0, one row per decode step);
@@ -22,8 +23,8 @@ import traceback
 from typing import Any, Iterator
 
 from ... import _native
-from ...errors import Cancelled, EarlyStop, LoopEnd, outside_trace_error
-from ...mediator import Mediator, current_mediator
+from ...errors import Cancelled, EarlyStop, LoopEnd
+from ...mediator import Mediator, mediator_of
 from ...steps import Iterations
 
 
@@ -35,9 +36,10 @@ class ResultOf:
 
 
 class _Invoke:
-    def __init__(self, index: int, mediator: Mediator):
+    def __init__(self, index: int, mediator: Mediator, filename: str):
         self.index = index
         self.mediator = mediator
+        self.filename = filename  # where the body's lines are, for errors
         self.started = False
         self.finished = False
 
@@ -69,18 +71,14 @@ class WorkerTrace:
 
     def next(self, step: int = 1) -> "WorkerTrace":
         """Later requests in this invoke refer to the step `step` further on."""
-        mediator = current_mediator()
-        if mediator is None or mediator.tracer is not self:
-            raise outside_trace_error("tracer.next")
+        mediator = mediator_of(self, "tracer.next")
         mediator.at_step(mediator.iteration + step)
         return self
 
     @property
     def result(self) -> ResultOf:
         """This invoke's finished request (vLLM's RequestOutput, once back in the caller)."""
-        mediator = current_mediator()
-        if mediator is None or mediator.tracer is not self:
-            raise outside_trace_error("result")
+        mediator = mediator_of(self, "result")
         mediator.request(self._result_location, 0)
         return ResultOf(self._invoke_of(mediator).index)
 
@@ -99,7 +97,7 @@ class WorkerTrace:
     def add_invoke(self, index: int, body: Any) -> None:
         """Adds the body shipped with invoke `index`'s request; it starts with the request's first step."""
         mediator = Mediator(self, body, self.native)
-        self.invokes[index] = _Invoke(index, mediator)
+        self.invokes[index] = _Invoke(index, mediator, body.function.__code__.co_filename)
 
     def _invoke_of(self, mediator: Mediator) -> _Invoke:
         return next(invoke for invoke in self.invokes.values() if invoke.mediator is mediator)
@@ -138,28 +136,15 @@ class WorkerTrace:
         invoke = self.invokes[index]
         invoke.finished = True
         if invoke.started:
-            self._end_loops(invoke.mediator)
-            self._end_waits(invoke.mediator, keep_result=True)
+            invoke.mediator.end_loops(self._input_location)  # (a bounded loop's warning stays on the worker)
+            invoke.mediator.end_waits(keep_location=self._result_location)
 
-    def _end_loops(self, mediator: Mediator) -> None:
-        while mediator.loops and mediator.busy:
-            steps_made = mediator.visits(self._input_location)
-            waiting = mediator.waiting
-            where = f"{self.native.name(waiting[0])}.i{waiting[1]}" if waiting is not None else None
-            end = LoopEnd(mediator.loops[-1], mediator.iteration, steps_made, where)
-            mediator.cancel(end)
-
-    def _end_waits(self, mediator: Mediator, keep_result: bool) -> None:
-        while mediator.busy and mediator.waiting is not None:
-            if keep_result and mediator.waiting[0] == self._result_location:
-                return
-            mediator.cancel(mediator.never_reached(*mediator.waiting))
-
-    def end(self) -> list[tuple[int, dict, BaseException | None]]:
-        """Ends every body (serving `tracer.result`); per invoke: (index, saved variables, error)."""
+    def end(self) -> list[tuple[int, dict, BaseException | None, list[str]]]:
+        """Ends every body (serving `tracer.result`); per invoke: (index, saved variables, error,
+        the body's lines the error passed through)."""
         for invoke in self.invokes.values():
             if invoke.started:
-                self._end_loops(invoke.mediator)
+                invoke.mediator.end_loops(self._input_location)
         self.native.set_batch(len(self.invokes), len(self.invokes))
         self.native.activate()
         try:
@@ -170,7 +155,7 @@ class WorkerTrace:
         for index, invoke in self.invokes.items():
             mediator = invoke.mediator
             if invoke.started:
-                self._end_waits(mediator, keep_result=False)
+                mediator.end_waits()
             namespace = mediator.finish() or {}
             saved = {name: value for name, value in namespace.items()
                      if not name.startswith("__nnsight_fast") and self._saved.get(id(value)) is value}
@@ -179,12 +164,12 @@ class WorkerTrace:
                 error = None
             if not invoke.started and error is None:
                 error = RuntimeError(f"invoke {index}: its request never ran a step")
-            outcome.append((index, saved, error))
+            outcome.append((index, saved, error, _user_lines(error, invoke.filename) if error is not None else []))
         self._saved.clear()
         return outcome
 
 
-def user_lines(error: BaseException, filename: str | None) -> list[str]:
+def _user_lines(error: BaseException, filename: str) -> list[str]:
     """The lines of the traced body (in `filename`) that `error` passed through, innermost last."""
     frames = traceback.extract_tb(error.__traceback__)
     return [f'  File "{frame.filename}", line {frame.lineno}, in the traced block\n    {frame.line}'
