@@ -150,3 +150,43 @@ def test_a_large_file_is_not_parsed_for_each_block(tmp_path, monkeypatch):
     exec(compile(source, str(path), "exec"), namespace)
     assert all(namespace[f"out_{i}"].shape == (2, 3) for i in range(5))
     assert len(parses) == 5 and max(parses) < 200
+
+
+class _SeesHandledException(torch.nn.Module):
+    """Records, at each forward, the exception Python is handling then (None in a plain call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.handled = []
+
+    def forward(self, x):
+        self.handled.append(sys.exc_info()[1])
+        return self.fc(x)
+
+
+def test_the_model_runs_outside_the_with_blocks_exception(clean):
+    # A trace runs the model from the `with` block's __exit__; the model must not run "during
+    # handling of" the block's internal skip signal, as a plain call does not: code that checks
+    # sys.exc_info() sees nothing, and torch's attribute lookups (which raise and catch
+    # AttributeError for each parameter read) are not chained to it.
+    torch.manual_seed(0)
+    net = _SeesHandledException()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    expected = net(x)
+    with model.trace(x):
+        out = model.fc.output.save()
+    with model.trace() as tracer:
+        with tracer.invoke(x):
+            also = model.output.save()
+    assert net.handled == [None, None, None]
+    assert torch.equal(out, expected) and torch.equal(also, expected)
+    try:
+        raise KeyError("the caller's own")
+    except KeyError as own:
+        with model.trace(x):
+            inside = model.output.save()
+        assert sys.exc_info()[1] is own  # the caller's handled exception is back after the trace
+    assert net.handled[-1] is None and torch.equal(inside, expected)
+    clean(model, x, expected)

@@ -190,7 +190,9 @@ class CapturedBlock:
         if not capture.skipped(kind):
             return False
         try:
-            self.run_block(capture.compile(), capture)
+            # Not "during handling of" SkipBody: exceptions raised and caught inside the
+            # model (torch's Module.__getattr__ starts with one per parameter read) stay cheap.
+            _native.call_unhandled(self.run_block, capture.compile(), capture)
         except BaseException as failure:
             _drop_context(failure, error)
             raise
