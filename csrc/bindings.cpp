@@ -15,6 +15,7 @@
 
 #include "dispatcher.h"
 #include "gate.h"
+#include "module_call.h"
 #include "greenlet_handoff.h"
 #include "thread_handoff.h"
 #include "save_mount.h"
@@ -158,7 +159,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

@@ -190,3 +190,33 @@ def test_the_model_runs_outside_the_with_blocks_exception(clean):
         assert sys.exc_info()[1] is own  # the caller's handled exception is back after the trace
     assert net.handled[-1] is None and torch.equal(inside, expected)
     clean(model, x, expected)
+
+
+class _Keywords(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x, scale=1.0, *, shift=0.0):
+        return self.fc(x) * scale + shift
+
+
+def test_calling_a_wrapped_model_passes_every_argument_through(clean):
+    # `model(...)` is a native __call__ (no Python frame): arguments, keywords, bound-method use
+    # and errors must be exactly the module's own; `hook=` is ours and never reaches the module.
+    torch.manual_seed(0)
+    net = _Keywords()
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    assert torch.equal(model(x), net(x))
+    assert torch.equal(model(x, 2.0, shift=1.0), net(x, 2.0, shift=1.0))
+    assert torch.equal(model(x=x, scale=3.0), net(x=x, scale=3.0))
+    assert torch.equal(model.__call__(x, 2.0), net(x, 2.0))
+    assert torch.equal(model.fc(x, hook=False), net.fc(x))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        model(x, colour=1)
+    with model.trace(x):
+        direct = model.fc(x).save()  # in a body: untraced, the module's value
+        out = model.output.save()
+    assert torch.equal(direct, net.fc(x)) and torch.equal(out, net(x))
+    clean(model, x, net(x))

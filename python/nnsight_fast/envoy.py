@@ -23,12 +23,22 @@ from typing import Any, Iterator
 
 import torch
 
+from . import _native
 from . import mediator as _mediator
 from .gating import ModelGates
 from .naming import Naming
 from .source.envoy import module_source
 from .steps import Iterations
 from .values import ValueAccess
+
+
+def _hooked_call(envoy: "Envoy", *args: Any, hook: bool = False, **kwargs: Any) -> Any:
+    """`envoy(..., hook=True)` in a trace body: the call goes through the dispatcher (caches,
+    hooks and other invokes' requests see it); untraced otherwise."""
+    mediator = _mediator.current_mediator() if hook else None
+    if mediator is None:
+        return envoy._module(*args, **kwargs)
+    return mediator.native_trace.run_here(lambda: envoy._module(*args, **kwargs))
 
 
 class Envoy(ValueAccess):
@@ -196,13 +206,10 @@ class Envoy(ValueAccess):
     def __iter__(self) -> Iterator["Envoy"]:
         return iter(list(self._children.values()))
 
-    def __call__(self, *args: Any, hook: bool = False, **kwargs: Any) -> Any:
-        """Calls the module itself. In a trace body the call is untraced, unless hook=True: then it
-        goes through the dispatcher (caches, hooks and other invokes' requests see it)."""
-        mediator = _mediator.current_mediator() if hook else None
-        if mediator is None:
-            return self._module(*args, **kwargs)
-        return mediator.native_trace.run_here(lambda: self._module(*args, **kwargs))
+    # `envoy(*args, **kwargs)` calls the module itself, in C (no Python frame: a wrapped model
+    # runs at bare speed). In a trace body the call is untraced, unless `hook=True` (_hooked_call).
+    __call__ = _native.ModuleCall(_hooked_call)
 
     def __repr__(self) -> str:
         return repr(self._module)
+
