@@ -134,7 +134,14 @@ PyObject* call_unhandled(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result;
 }
 
+// no_trace(frame, event, arg): a thread trace function that traces nothing. While a body
+// is being skipped, Python only calls frame trace functions when the thread has one; this one
+// costs no Python frame on each call it sees.
+PyObject* no_trace(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
+
 PyMethodDef raw_functions[] = {
+    {"no_trace", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(no_trace)), METH_FASTCALL,
+     "no_trace(frame, event, arg): a thread trace function that traces nothing."},
     {"call_unhandled", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(call_unhandled)), METH_FASTCALL,
      "call_unhandled(fn, *args): fn(*args) outside the exception this thread is handling (no implicit chaining)."},
     {"locals_to_fast", locals_to_fast, METH_O, "Writes frame.f_locals back into the frame's variables."},
@@ -191,15 +198,12 @@ PYBIND11_MODULE(_native, m) {
       throw py::error_already_set();
   });
 
-  py::enum_<Outcome>(m, "Outcome")
-      .value("Parked", Outcome::Parked)
-      .value("Finished", Outcome::Finished)
-      .value("Failed", Outcome::Failed);
-
   py::class_<Handoff>(m, "Handoff")
-      .def("start", [](Handoff& h, py::object job) { return or_throw(h.start(job.ptr())); })
-      .def("serve", [](Handoff& h, py::object value) { return or_throw(h.serve(value.ptr())); })
-      .def("cancel", [](Handoff& h) { return or_throw(h.cancel()); })
+      .def(
+          "start", [](Handoff& h, py::object job) { return or_throw(h.start(job.ptr())) == Outcome::Failed; },
+          "Runs job() until the body parks or ends; True when it failed (the job returned True).")
+      .def("serve", [](Handoff& h, py::object value) { or_throw(h.serve(value.ptr())); })
+      .def("cancel", [](Handoff& h) { or_throw(h.cancel()); })
       .def_property_readonly("busy", &Handoff::busy)
       .def("set_swap", [](Handoff& h, py::object value) { h.set_swap(value.ptr()); })
       .def("set_skip", [](Handoff& h, py::object value) { h.set_skip(value.ptr()); });

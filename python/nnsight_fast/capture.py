@@ -84,10 +84,6 @@ class _EndableLoops(ast.NodeTransformer):
 
 
 
-def _no_global_trace(frame, event, arg):
-    return None
-
-
 @dataclass
 class CapturedBody:
     """A compiled `with` body, bound to the frame it came from."""
@@ -124,7 +120,7 @@ class BodyCapture:
                 raise SkipBody()
             return skip
 
-        sys.settrace(_no_global_trace if capture._previous_trace is None else capture._previous_trace)
+        sys.settrace(_native.no_trace if capture._previous_trace is None else capture._previous_trace)
         frame.f_trace = skip
         return capture
 
@@ -160,8 +156,10 @@ class BodyCapture:
         if function_code is None:
             function_code = site.compiled[key] = site.compile(*key)
         function = types.FunctionType(function_code, defined, "<traced block>")
-        arguments = tuple([names[name] for name in parameters] + [None] * len(late))
-        forget_snapshot(frame)
+        arguments = tuple(map(names.__getitem__, parameters))
+        if late:
+            arguments += (None,) * len(late)
+        _forget(frame, names)
         return CapturedBody(function, arguments, frame)
 
 
@@ -260,16 +258,17 @@ class _Site:
         return next(c for c in code.co_consts if isinstance(c, types.CodeType))
 
 
-_sites: dict[tuple, _Site] = {}
+# (filename, line, id(code)) -> (code, site). The entry holds the code object, so its id
+# cannot be reused while the entry exists (hashing the code itself costs ~0.2 µs and up).
+_sites: dict[tuple, tuple[types.CodeType, _Site]] = {}
 
 
 def _site(filename: str, line: int, code: types.CodeType) -> _Site:
-    key = (filename, line, code)
-    site = _sites.get(key)
-    if site is None:
-        site = _find_site(filename, line)
-        _sites[key] = site
-    return site
+    key = (filename, line, id(code))
+    known = _sites.get(key)
+    if known is None or known[0] is not code:
+        known = _sites[key] = (code, _find_site(filename, line))
+    return known[1]
 
 
 _files: dict[str, tuple[list, list]] = {}  # filename -> (its linecache lines, its `with` statements)
@@ -408,14 +407,16 @@ def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
     if frame.f_locals is frame.f_globals:
         frame.f_globals.update(values)
         return
-    frame.f_locals.update(values)
+    snapshot = frame.f_locals
+    snapshot.update(values)
     _native.locals_to_fast(frame)
-    forget_snapshot(frame)
+    _forget(frame, snapshot)
 
 
-def forget_snapshot(frame: types.FrameType) -> None:
-    """Empties the dict `frame.f_locals` made of a function frame's variables (Python < 3.13
-    keeps it on the frame): otherwise it holds what the variables held then (a model the
-    caller later `del`s) until something reads `f_locals` again."""
-    if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
-        frame.f_locals.clear()
+def _forget(frame: types.FrameType, snapshot: Any) -> None:
+    """Empties `snapshot`, the dict `frame.f_locals` made of a function frame's variables
+    (Python < 3.13 keeps it on the frame): otherwise it holds what the variables held then (a
+    model the caller later `del`s) until something reads `f_locals` again. Module and class
+    frames' f_locals are their namespaces, and Python 3.13's is a view: nothing to forget."""
+    if frame.f_code.co_flags & inspect.CO_OPTIMIZED and isinstance(snapshot, dict):
+        snapshot.clear()

@@ -72,7 +72,7 @@ class Mediator:
     # ---- model side ----
     def start(self) -> bool:
         """Runs the body until it parks or ends; True when it failed."""
-        return self._handoff.start(self._job) == _native.Outcome.Failed
+        return self._handoff.start(self._job)
 
     @property
     def busy(self) -> bool:

@@ -277,12 +277,15 @@ class Tracer(CapturedBlock):
         """The model made its last step: loops waiting for another step end there, and the
         code after them runs (it may still ask for what comes after the steps)."""
         for mediator in self.mediators:
-            self._warnings += mediator.end_loops(self.target.input_location)
+            if mediator.loops:
+                self._warnings += mediator.end_loops(self.target.input_location)
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
         self._end_loops()
         for mediator in self.mediators:
+            if not mediator.busy:
+                continue
             mediator.end_waits()
             if mediator.busy and mediator.at_barrier is not None:
                 mediator.cancel(ValueError(mediator.at_barrier.missing_message()))
