@@ -96,3 +96,21 @@ def test_two_threads_tracing_at_once_get_what_they_get_alone():
             h_alone, out_alone = alone[key][i // 50]
             assert torch.equal(h, h_alone) and torch.equal(out, out_alone)
     assert _native.parked_bodies() == 0
+
+
+def test_values_read_under_no_grad_are_freed_during_the_trace():
+    # A body that drops a value it read leaves it to be freed while the model runs on (no
+    # activation of a long generation stays alive until the trace ends); with grad enabled the
+    # trace keeps what it served for backward blocks.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    for grad, expect_alive in ((False, False), (True, True)):
+        with torch.set_grad_enabled(grad):
+            with model.trace(x):
+                first = weakref.ref(model[0].output)
+                out = model[2].output.save()  # fc1's output is dropped by the model and the body by now
+                alive = (first() is not None).save()
+        assert alive is expect_alive, grad
+        assert torch.allclose(out, net(x))

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch
+
 from . import _native, errors
 from .errors import Cancelled, LoopEnd, OutOfOrderError
 from .workers import POOL
 
 current_mediator = _native.current_mediator
 _park, _request, _waiting = _native.park, _native.request, _native.waiting
+_grad_enabled = torch.is_grad_enabled
 
 
 class Owner(Protocol):
@@ -67,7 +70,9 @@ class Mediator:
         self._offsets: dict[str, int] = {}  # path -> calls further on (envoy.next())
         self.loops: list = []  # the Iterations loops this body is inside, innermost last
         self._nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
-        self.history: dict = {}  # (location, occurrence) -> value served, for backward blocks
+        # (location, occurrence) -> value served while grad mode was on, for backward blocks. Under
+        # no_grad nothing is kept: each value is freed as soon as the body and the model drop it.
+        self.history: dict = {}
 
     # ---- model side ----
     def start(self) -> bool:
@@ -143,7 +148,8 @@ class Mediator:
             self._raise_pending_error()
             raise
         self._last = (location, occurrence, value)
-        self.history[(location, occurrence)] = value
+        if _grad_enabled():  # only a run that builds a graph can have backward blocks
+            self.history[(location, occurrence)] = value
         return value
 
     @property
@@ -298,8 +304,8 @@ def request(location: int, path: str, what: str) -> Any:
         key = (location, forward.occurrence_of(path))
         if key not in forward.history:
             raise ValueError(
-                f"`{path}.{what}` was not read in the forward part of this invoke: read it before "
-                "`with loss.backward():` to use it (or its .grad) inside"
+                f"`{path}.{what}` was not read in the forward part of this invoke (with grad enabled): "
+                "read it before `with loss.backward():` to use it (or its .grad) inside"
             )
         return forward.history[key]
     offsets = mediator._offsets  # occurrence_of(path), inlined: this is every read's path
