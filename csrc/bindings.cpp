@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "dispatcher.h"
+#include "body_request.h"
 #include "gate.h"
 #include "module_call.h"
 #include "greenlet_handoff.h"
@@ -62,6 +63,26 @@ Handoff* as_handoff(PyObject* object) {
     PyErr_SetString(PyExc_TypeError, "expected a Handoff");
     return nullptr;
   }
+}
+
+PyObject* mediator_request_function(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "mediator_request(mediator, location, occurrence)");
+    return nullptr;
+  }
+  const long location = PyLong_AsLong(args[1]);
+  const long long occurrence = PyLong_AsLongLong(args[2]);
+  if (PyErr_Occurred()) return nullptr;
+  return mediator_request(args[0], static_cast<int>(location), occurrence);
+}
+
+PyObject* occurrence_of_function(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "occurrence_of(mediator, path)");
+    return nullptr;
+  }
+  const int64_t occurrence = occurrence_of(args[0], args[1]);
+  return occurrence < 0 && PyErr_Occurred() ? nullptr : PyLong_FromLongLong(occurrence);
 }
 
 PyObject* park(PyObject*, PyObject* handoff) {
@@ -149,6 +170,10 @@ PyMethodDef raw_functions[] = {
      "The mediator whose body runs on this thread (None outside bodies)."},
     {"set_current_mediator", set_current_mediator_function, METH_O,
      "Sets the mediator of the body running on this thread (its job does, at start and end)."},
+    {"mediator_request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(mediator_request_function)),
+     METH_FASTCALL, "mediator_request(mediator, location, occurrence): Mediator.request, in C (body_request.h)."},
+    {"occurrence_of", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(occurrence_of_function)),
+     METH_FASTCALL, "occurrence_of(mediator, path): the call of `path` the mediator's next request binds to."},
     {"park", park, METH_O, "park(handoff): the body waits until the model side serves or resumes it."},
     {"request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(request)), METH_FASTCALL,
      "request(handoff, location, occurrence): the body waits for that value (OutOfOrderError if passed)."},
@@ -162,11 +187,13 @@ Outcome or_throw(Outcome outcome) {
 
 }  // namespace
 
+Handoff* nnsight_fast::handoff_of(PyObject* object) { return as_handoff(object); }
+
 PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

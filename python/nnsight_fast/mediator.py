@@ -21,15 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import torch
-
 from . import _native, errors
 from .errors import Cancelled, LoopEnd, OutOfOrderError
 from .workers import POOL
 
 current_mediator = _native.current_mediator
-_park, _request, _waiting = _native.park, _native.request, _native.waiting
-_grad_enabled = torch.is_grad_enabled
+_park, _waiting = _native.park, _native.waiting
+_mediator_request, _occurrence_of = _native.mediator_request, _native.occurrence_of
 
 
 class Owner(Protocol):
@@ -130,27 +128,15 @@ class Mediator:
 
     def occurrence_of(self, path: str) -> int:
         """Which call of the module at `path` this body's next request binds to."""
-        return self.iteration + self._offsets.get(path, 0) if self._offsets else self.iteration
+        return _occurrence_of(self, path)
 
     def request(self, location: int, occurrence: int) -> Any:
-        """The value at (location, occurrence): parks until the model gets there."""
-        if self._bases is not None:
-            occurrence += self._base(location)
-        last_location, last_occurrence, value = self._last
-        if location == last_location and occurrence == last_occurrence:
-            return value
-        self.requests_made += 1
-        if self._deferred is not None:
-            self._run_deferred()
-        try:
-            value = _request(self._handoff, location, occurrence)
-        except Cancelled:
-            self._raise_pending_error()
-            raise
-        self._last = (location, occurrence, value)
-        if _grad_enabled():  # only a run that builds a graph can have backward blocks
-            self.history[(location, occurrence)] = value
-        return value
+        """The value at (location, occurrence): parks until the model gets there.
+
+        In C (csrc/body_request.cpp), with this object's state: the last value served (asked
+        again at the same place, it is not waited for twice), `requests_made`, deferred
+        actions, a cancelled wait's chosen error, and the history backward blocks read."""
+        return _mediator_request(self, location, occurrence)
 
     @property
     def waiting(self) -> tuple[int, int] | None:
@@ -308,8 +294,7 @@ def request(location: int, path: str, what: str) -> Any:
                 "read it before `with loss.backward():` to use it (or its .grad) inside"
             )
         return forward.history[key]
-    offsets = mediator._offsets  # occurrence_of(path), inlined: this is every read's path
-    return mediator.request(location, mediator.iteration + offsets.get(path, 0) if offsets else mediator.iteration)
+    return _mediator_request(mediator, location, _occurrence_of(mediator, path))
 
 
 def assign(location: int, path: str, what: str, value: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _native
 from . import mediator as _mediator
 
 _request = _mediator.request
@@ -46,14 +47,16 @@ class ValueAccess:
     _input_location: int
     _output_location: int
 
-    @property
-    def output(self) -> Any:
+    def _read_output(self) -> Any:
         """The output (in a trace)."""
         return _request(self._output_location, self.path, "output")
 
-    @output.setter
-    def output(self, value: Any) -> None:
+    def _assign_output(self, value: Any) -> None:
         _mediator.assign(self._output_location, self.path, "output", value)
+
+    # `.output` reads in C (every read of every step goes through it); _read_output when there
+    # is no body, in a backward block, or for a place that keeps its location elsewhere.
+    output = _native.ValueRead("_output_location", _read_output, _assign_output)
 
     @property
     def inputs(self) -> tuple[tuple, dict]:

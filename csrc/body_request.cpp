@@ -1,0 +1,266 @@
+#include "body_request.h"
+
+#include <c10/core/GradMode.h>
+
+#include "handoff.h"
+
+namespace nnsight_fast {
+namespace {
+
+// Interned attribute names of a Mediator and of a ValueAccess (an Envoy).
+PyObject* s_iteration = nullptr;
+PyObject* s_offsets = nullptr;
+PyObject* s_bases = nullptr;
+PyObject* s_last = nullptr;
+PyObject* s_requests_made = nullptr;
+PyObject* s_deferred = nullptr;
+PyObject* s_run_deferred = nullptr;
+PyObject* s_raise_pending_error = nullptr;
+PyObject* s_history = nullptr;
+PyObject* s_handoff = nullptr;
+PyObject* s_backward_of = nullptr;
+PyObject* s_path = nullptr;
+
+bool intern_all() {
+  struct Name {
+    PyObject** slot;
+    const char* text;
+  };
+  const Name names[] = {{&s_iteration, "iteration"},       {&s_offsets, "_offsets"},
+                        {&s_bases, "_bases"},              {&s_last, "_last"},
+                        {&s_requests_made, "requests_made"}, {&s_deferred, "_deferred"},
+                        {&s_run_deferred, "_run_deferred"}, {&s_raise_pending_error, "_raise_pending_error"},
+                        {&s_history, "history"},           {&s_handoff, "_handoff"},
+                        {&s_backward_of, "backward_of"},   {&s_path, "path"}};
+  for (const Name& name : names) {
+    *name.slot = PyUnicode_InternFromString(name.text);
+    if (*name.slot == nullptr) return false;
+  }
+  return true;
+}
+
+// An int attribute of `object` (-1 with an error set when it is missing or not an int).
+int64_t int_attribute(PyObject* object, PyObject* name) {
+  PyObject* value = PyObject_GetAttr(object, name);
+  if (value == nullptr) return -1;
+  const int64_t result = PyLong_AsLongLong(value);
+  Py_DECREF(value);
+  return result;
+}
+
+// Calls `mediator.<name>()`; false with an error set when it raised.
+bool call_method(PyObject* mediator, PyObject* name) {
+  PyObject* result = PyObject_CallMethodNoArgs(mediator, name);
+  Py_XDECREF(result);
+  return result != nullptr;
+}
+
+// The served value's bookkeeping: the last value (asked again at the same place, it is
+// not waited for twice) and, while grad mode is on, the history backward blocks read.
+bool remember(PyObject* mediator, int location, int64_t occurrence, PyObject* value) {
+  PyObject* key = Py_BuildValue("(iL)", location, static_cast<long long>(occurrence));
+  if (key == nullptr) return false;
+  PyObject* last = Py_BuildValue("(OOO)", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), value);
+  bool ok = last != nullptr && PyObject_SetAttr(mediator, s_last, last) == 0;
+  Py_XDECREF(last);
+  if (ok && c10::GradMode::is_enabled()) {  // only a run that builds a graph can have backward blocks
+    PyObject* history = PyObject_GetAttr(mediator, s_history);
+    ok = history != nullptr && PyObject_SetItem(history, key, value) == 0;
+    Py_XDECREF(history);
+  }
+  Py_DECREF(key);
+  return ok;
+}
+
+// The wait ended with Cancelled: the error the model side chose instead (Mediator.cancel), if any.
+PyObject* cancelled(PyObject* mediator) {
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  if (!call_method(mediator, s_raise_pending_error)) {  // it raised the chosen error
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return nullptr;
+  }
+  PyErr_Restore(type, value, traceback);
+  return nullptr;
+}
+
+// ValueRead: a data descriptor for `ValueAccess.output`.
+struct ValueReadObject {
+  PyObject_HEAD
+  PyObject* location_name;  // the instance attribute holding the location, e.g. "_output_location"
+  PyObject* getter;         // getter(instance): the whole read in Python (rare cases)
+  PyObject* setter;         // setter(instance, value)
+};
+
+PyObject* value_read_get(PyObject* self_object, PyObject* instance, PyObject*) {
+  auto* self = reinterpret_cast<ValueReadObject*>(self_object);
+  if (instance == nullptr || instance == Py_None) return Py_NewRef(self_object);
+  PyObject* mediator = current_mediator();
+  if (mediator == nullptr) return PyObject_CallOneArg(self->getter, instance);  // outside a body: its error
+  PyObject* backward_of = PyObject_GetAttr(mediator, s_backward_of);
+  if (backward_of == nullptr) return nullptr;
+  const bool in_backward = backward_of != Py_None;
+  Py_DECREF(backward_of);
+  if (in_backward) return PyObject_CallOneArg(self->getter, instance);  // the forward's history
+  // Generic lookups: they skip the Envoy's __getattr__ (the module's own attributes)
+  PyObject* location_object = PyObject_GenericGetAttr(instance, self->location_name);
+  PyObject* path = location_object != nullptr ? PyObject_GenericGetAttr(instance, s_path) : nullptr;
+  if (path == nullptr) {  // kept elsewhere by this kind of place: the Python read finds it
+    Py_XDECREF(location_object);
+    PyErr_Clear();
+    return PyObject_CallOneArg(self->getter, instance);
+  }
+  const long location = PyLong_AsLong(location_object);
+  Py_DECREF(location_object);
+  const int64_t occurrence = location == -1 && PyErr_Occurred() ? -1 : occurrence_of(mediator, path);
+  Py_DECREF(path);
+  if (occurrence < 0 && PyErr_Occurred()) return nullptr;
+  return mediator_request(mediator, static_cast<int>(location), occurrence);
+}
+
+int value_read_set(PyObject* self_object, PyObject* instance, PyObject* value) {
+  auto* self = reinterpret_cast<ValueReadObject*>(self_object);
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete a traced value");
+    return -1;
+  }
+  PyObject* result = PyObject_CallFunctionObjArgs(self->setter, instance, value, nullptr);
+  Py_XDECREF(result);
+  return result != nullptr ? 0 : -1;
+}
+
+PyObject* value_read_new(PyTypeObject* type, PyObject* args, PyObject*) {
+  PyObject *location_name, *getter, *setter;
+  if (!PyArg_ParseTuple(args, "UOO:ValueRead", &location_name, &getter, &setter)) return nullptr;
+  auto* self = reinterpret_cast<ValueReadObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  Py_INCREF(location_name);
+  PyUnicode_InternInPlace(&location_name);
+  self->location_name = location_name;
+  self->getter = Py_NewRef(getter);
+  self->setter = Py_NewRef(setter);
+  return reinterpret_cast<PyObject*>(self);
+}
+
+int value_read_traverse(PyObject* self_object, visitproc visit, void* arg) {
+  auto* self = reinterpret_cast<ValueReadObject*>(self_object);
+  Py_VISIT(self->getter);
+  Py_VISIT(self->setter);
+  return 0;
+}
+
+int value_read_clear(PyObject* self_object) {
+  auto* self = reinterpret_cast<ValueReadObject*>(self_object);
+  Py_CLEAR(self->location_name);
+  Py_CLEAR(self->getter);
+  Py_CLEAR(self->setter);
+  return 0;
+}
+
+void value_read_dealloc(PyObject* self) {
+  PyObject_GC_UnTrack(self);
+  value_read_clear(self);
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* value_read_doc(PyObject* self, void*) {
+  return PyObject_GetAttrString(reinterpret_cast<ValueReadObject*>(self)->getter, "__doc__");
+}
+
+PyGetSetDef value_read_getset[] = {{"__doc__", value_read_doc, nullptr, nullptr, nullptr},
+                                   {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyTypeObject ValueReadType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+}  // namespace
+
+int64_t occurrence_of(PyObject* mediator, PyObject* path) {
+  const int64_t iteration = int_attribute(mediator, s_iteration);
+  if (iteration == -1 && PyErr_Occurred()) return -1;
+  PyObject* offsets = PyObject_GetAttr(mediator, s_offsets);
+  if (offsets == nullptr) return -1;
+  int64_t offset = 0;
+  if (PyDict_Check(offsets) && PyDict_GET_SIZE(offsets) != 0) {
+    PyObject* found = PyDict_GetItemWithError(offsets, path);  // borrowed
+    if (found != nullptr) offset = PyLong_AsLongLong(found);
+  }
+  Py_DECREF(offsets);
+  if (PyErr_Occurred()) return -1;
+  return iteration + offset;
+}
+
+PyObject* mediator_request(PyObject* mediator, int location, int64_t occurrence) {
+  PyObject* bases = PyObject_GetAttr(mediator, s_bases);  // visits before a late-joining body joined
+  if (bases == nullptr) return nullptr;
+  if (bases != Py_None && PyList_Check(bases) && location < PyList_GET_SIZE(bases)) {
+    occurrence += PyLong_AsLongLong(PyList_GET_ITEM(bases, location));
+  }
+  Py_DECREF(bases);
+  if (PyErr_Occurred()) return nullptr;
+
+  PyObject* last = PyObject_GetAttr(mediator, s_last);  // (location, occurrence, value)
+  if (last == nullptr) return nullptr;
+  if (PyTuple_Check(last) && PyTuple_GET_SIZE(last) == 3 && PyLong_AsLong(PyTuple_GET_ITEM(last, 0)) == location &&
+      PyLong_AsLongLong(PyTuple_GET_ITEM(last, 1)) == occurrence) {
+    PyObject* value = Py_NewRef(PyTuple_GET_ITEM(last, 2));
+    Py_DECREF(last);
+    return value;
+  }
+  Py_DECREF(last);
+
+  const int64_t made = int_attribute(mediator, s_requests_made);
+  if (made == -1 && PyErr_Occurred()) return nullptr;
+  PyObject* count = PyLong_FromLongLong(made + 1);
+  if (count == nullptr || PyObject_SetAttr(mediator, s_requests_made, count) < 0) {
+    Py_XDECREF(count);
+    return nullptr;
+  }
+  Py_DECREF(count);
+
+  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);  // actions before the body's turn ends
+  if (deferred == nullptr) return nullptr;
+  const bool has_deferred = deferred != Py_None;
+  Py_DECREF(deferred);
+  if (has_deferred && !call_method(mediator, s_run_deferred)) return nullptr;
+
+  PyObject* handoff_object = PyObject_GetAttr(mediator, s_handoff);
+  if (handoff_object == nullptr) return nullptr;
+  Handoff* handoff = handoff_of(handoff_object);
+  PyObject* value = handoff != nullptr ? handoff->request(location, occurrence) : nullptr;
+  Py_DECREF(handoff_object);
+  if (value == nullptr) {
+    return PyErr_ExceptionMatches(cancelled_type()) ? cancelled(mediator) : nullptr;
+  }
+  if (!remember(mediator, location, occurrence, value)) {
+    Py_DECREF(value);
+    return nullptr;
+  }
+  return value;
+}
+
+bool add_value_read_type(PyObject* module) {
+  if (!intern_all()) return false;
+  ValueReadType.tp_name = "nnsight_fast._native.ValueRead";
+  ValueReadType.tp_basicsize = sizeof(ValueReadObject);
+  ValueReadType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+  ValueReadType.tp_doc =
+      "ValueRead(location_attribute, getter, setter): a traced value as a data descriptor; reads run in C.";
+  ValueReadType.tp_descr_get = value_read_get;
+  ValueReadType.tp_descr_set = value_read_set;
+  ValueReadType.tp_new = value_read_new;
+  ValueReadType.tp_traverse = value_read_traverse;
+  ValueReadType.tp_clear = value_read_clear;
+  ValueReadType.tp_dealloc = value_read_dealloc;
+  ValueReadType.tp_getset = value_read_getset;
+  if (PyType_Ready(&ValueReadType) < 0) return false;
+  Py_INCREF(&ValueReadType);
+  if (PyModule_AddObject(module, "ValueRead", reinterpret_cast<PyObject*>(&ValueReadType)) < 0) {
+    Py_DECREF(&ValueReadType);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace nnsight_fast
