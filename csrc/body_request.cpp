@@ -58,11 +58,15 @@ bool call_method(PyObject* mediator, PyObject* name) {
 // The served value's bookkeeping: the last value (asked again at the same place, it is
 // not waited for twice) and, while grad mode is on, the history backward blocks read.
 bool remember(PyObject* mediator, int location, int64_t occurrence, PyObject* value) {
-  PyObject* key = Py_BuildValue("(iL)", location, static_cast<long long>(occurrence));
-  if (key == nullptr) return false;
-  PyObject* last = Py_BuildValue("(OOO)", PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), value);
+  PyObject* where = PyLong_FromLong(location);
+  PyObject* when = where != nullptr ? PyLong_FromLongLong(occurrence) : nullptr;
+  PyObject* key = when != nullptr ? PyTuple_Pack(2, where, when) : nullptr;
+  PyObject* last = key != nullptr ? PyTuple_Pack(3, where, when, value) : nullptr;
+  Py_XDECREF(where);
+  Py_XDECREF(when);
   bool ok = last != nullptr && PyObject_SetAttr(mediator, s_last, last) == 0;
   Py_XDECREF(last);
+  if (key == nullptr) return false;
   if (ok && c10::GradMode::is_enabled()) {  // only a run that builds a graph can have backward blocks
     PyObject* history = PyObject_GetAttr(mediator, s_history);
     ok = history != nullptr && PyObject_SetItem(history, key, value) == 0;

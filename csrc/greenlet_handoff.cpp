@@ -174,6 +174,9 @@ PyObject* g_set_eval_frame = nullptr;
 
 PyObject* swap_eval_frame(PyObject* callback) {  // new reference to the previous one (or nullptr)
   if (g_set_eval_frame == nullptr) return nullptr;
+  // Python's own frame evaluator is installed: no dynamo callback can be set, nothing to swap
+  // (the call below costs a Python-level call at every switch).
+  if (_PyInterpreterState_GetEvalFrameFunc(PyInterpreterState_Get()) == _PyEval_EvalFrameDefault) return nullptr;
   PyObject* previous = PyObject_CallOneArg(g_set_eval_frame, callback);
   if (previous == nullptr) PyErr_Clear();
   return previous;
