@@ -7,8 +7,8 @@
         model.layer2.output[:] = 0
     print(hidden.shape)
 
-The per-call work (gates, visit counting, handoff to the body's worker thread,
-batch narrowing) runs in a native libtorch extension.
+The per-call work (gates, visit counting, the switch into the body's greenlet, reads,
+batch narrowing, cache copies) runs in a native libtorch extension.
 """
 
 import torch as _torch

@@ -6,8 +6,8 @@
         with tracer.invoke():             # no input: sees the whole batch
             b = model.layer1.output.save()
 
-The body is captured (not run) when the `with` ends; it runs on a worker thread
-while the model runs, after every invoke of the trace has been collected.
+The body is captured (not run) when the `with` ends; once every invoke of the trace
+is collected, each body runs as a mediator (mediator.py) in step with the model.
 """
 
 from __future__ import annotations

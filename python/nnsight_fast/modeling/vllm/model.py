@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import uuid
 from typing import Any
 
@@ -142,7 +141,6 @@ class VLLM(NNsight):
         if self._llm is None:
             from vllm import LLM
 
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             llm = LLM(self.repo_id, worker_extension_cls=_EXTENSION, **self._engine_kwargs)
             llm.collective_rpc("nnsight_fast_install")
             self.__dict__["_llm"] = llm
