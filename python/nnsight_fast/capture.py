@@ -40,6 +40,7 @@ _SINK = "__nnsight_fast_collect__"
 _BUILTINS = builtins.__dict__
 _NOP = dis.opmap["NOP"]
 _LOOP_END = "__nnsight_fast_LoopEnd__"
+_OPTIMIZED = inspect.CO_OPTIMIZED  # a function frame: its f_locals is a snapshot (Python < 3.13)
 
 
 class _EndableLoops(ast.NodeTransformer):
@@ -418,5 +419,5 @@ def _forget(frame: types.FrameType, snapshot: Any) -> None:
     (Python < 3.13 keeps it on the frame): otherwise it holds what the variables held then (a
     model the caller later `del`s) until something reads `f_locals` again. Module and class
     frames' f_locals are their namespaces, and Python 3.13's is a view: nothing to forget."""
-    if frame.f_code.co_flags & inspect.CO_OPTIMIZED and isinstance(snapshot, dict):
+    if frame.f_code.co_flags & _OPTIMIZED and isinstance(snapshot, dict):
         snapshot.clear()

@@ -295,13 +295,12 @@ class Tracer(CapturedBlock):
         if not saved and self._session is None:
             self._namespaces.clear()
             return
-        values = {}
-        for namespace in self._namespaces:
-            for name, value in namespace.items():
-                if self._session is not None and not name.startswith("__nnsight_fast"):
-                    values[name] = value  # in a session every variable flows on
-                elif saved.get(id(value)) is value:
-                    values[name] = value
+        if self._session is not None:  # in a session every variable flows on
+            values = {name: value for namespace in self._namespaces for name, value in namespace.items()
+                      if not name.startswith("__nnsight_fast") or saved.get(id(value)) is value}
+        else:
+            values = {name: value for namespace in self._namespaces for name, value in namespace.items()
+                      if saved.get(id(value)) is value}
         self._namespaces.clear()
         self._saved = {}
         write_back(frame, values)
