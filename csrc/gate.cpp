@@ -219,9 +219,10 @@ PyObject* gate_hooked(GateObject* self, PyObject* const* args, size_t nargsf, Py
 
 PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   auto* self = reinterpret_cast<GateObject*>(callable);
-  TraceState* trace = active_trace();
+  // No trace of this model runs on any thread: the untraced call, without reading the thread's state.
+  TraceState* trace = self->dispatcher->running() ? active_trace() : nullptr;
   if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
-    trace = trace_of_other_thread(self->dispatcher);
+    trace = self->dispatcher->running() ? trace_of_other_thread(self->dispatcher) : nullptr;
     if (trace == nullptr) {
       if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
       return call_original(self, args, nargsf, kwnames);
