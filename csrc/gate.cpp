@@ -245,8 +245,9 @@ PyObject* source_op_vectorcall(PyObject* callable, PyObject* const* args, size_t
     return nullptr;
   }
   const size_t rest = static_cast<size_t>(nargs - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
-  TraceState* trace = active_trace();
-  if (trace == nullptr || trace->dispatcher() != self->dispatcher) trace = trace_of_other_thread(self->dispatcher);
+  TraceState* trace = self->dispatcher->running() ? active_trace() : nullptr;
+  if (trace != nullptr && trace->dispatcher() != self->dispatcher) trace = nullptr;
+  if (trace == nullptr && self->dispatcher->running()) trace = trace_of_other_thread(self->dispatcher);
   if (trace == nullptr) {
     if (args[0] == Py_None && nargs == 2) return Py_NewRef(args[1]);
     return PyObject_Vectorcall(args[0], args + 1, rest, kwnames);
