@@ -43,8 +43,8 @@ py::object steal_or_throw(PyObject* value) {
   return py::reinterpret_steal<py::object>(value);
 }
 
-// `park(handoff)` and `request(handoff, location, occurrence)`: the body gives the turn
-// back until served. Plain CPython functions, not pybind11 ones: pybind11 keeps a
+// `park(handoff)` and `mediator_request(mediator, location, occurrence)`: the body gives the
+// turn back until served. Plain CPython functions, not pybind11 ones: pybind11 keeps a
 // per-thread stack of call frames that must unwind in order, and a greenlet switch
 // made inside one of its calls would interleave them.
 PyTypeObject* g_greenlet_handoff_type = nullptr;  // set once the class is registered
@@ -88,19 +88,6 @@ PyObject* occurrence_of_function(PyObject*, PyObject* const* args, Py_ssize_t na
 PyObject* park(PyObject*, PyObject* handoff) {
   Handoff* native = as_handoff(handoff);
   return native != nullptr ? native->park() : nullptr;
-}
-
-PyObject* request(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 3) {
-    PyErr_SetString(PyExc_TypeError, "request(handoff, location, occurrence)");
-    return nullptr;
-  }
-  Handoff* native = as_handoff(args[0]);
-  if (native == nullptr) return nullptr;
-  const long location = PyLong_AsLong(args[1]);
-  const long long occurrence = PyLong_AsLongLong(args[2]);
-  if (PyErr_Occurred()) return nullptr;
-  return native->request(static_cast<int>(location), occurrence);
 }
 
 PyObject* waiting(PyObject*, PyObject* handoff) {
@@ -175,8 +162,6 @@ PyMethodDef raw_functions[] = {
     {"occurrence_of", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(occurrence_of_function)),
      METH_FASTCALL, "occurrence_of(mediator, path): the call of `path` the mediator's next request binds to."},
     {"park", park, METH_O, "park(handoff): the body waits until the model side serves or resumes it."},
-    {"request", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(request)), METH_FASTCALL,
-     "request(handoff, location, occurrence): the body waits for that value (OutOfOrderError if passed)."},
     {"waiting", waiting, METH_O, "waiting(handoff): the (location, occurrence) the body is parked on, or None."},
     {nullptr, nullptr, 0, nullptr}};
 

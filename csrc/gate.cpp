@@ -34,6 +34,16 @@ inline TraceState* trace_of_other_thread(Dispatcher* dispatcher) {
   return dispatcher->trace_for_other_thread();
 }
 
+// The trace of `dispatcher` this visit belongs to: this thread's, or (threaded models) the
+// one running on another thread; nullptr for an untraced call. While no trace of the
+// dispatcher runs anywhere it reads no thread-local state.
+inline TraceState* trace_of_visit(Dispatcher* dispatcher) {
+  if (!dispatcher->running()) return nullptr;
+  TraceState* trace = active_trace();
+  if (trace != nullptr && trace->dispatcher() == dispatcher) return trace;
+  return trace_of_other_thread(dispatcher);
+}
+
 // The module a split Gate's forward is bound to (borrowed), or nullptr with an error set.
 PyObject* gate_module(GateObject* self) {
   PyObject* module = PyWeakref_GetObject(self->module_ref);
@@ -219,14 +229,10 @@ PyObject* gate_hooked(GateObject* self, PyObject* const* args, size_t nargsf, Py
 
 PyObject* gate_vectorcall(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   auto* self = reinterpret_cast<GateObject*>(callable);
-  // No trace of this model runs on any thread: the untraced call, without reading the thread's state.
-  TraceState* trace = self->dispatcher->running() ? active_trace() : nullptr;
-  if (trace == nullptr || trace->dispatcher() != self->dispatcher) {
-    trace = self->dispatcher->running() ? trace_of_other_thread(self->dispatcher) : nullptr;
-    if (trace == nullptr) {
-      if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
-      return call_original(self, args, nargsf, kwnames);
-    }
+  TraceState* trace = trace_of_visit(self->dispatcher);
+  if (trace == nullptr) {
+    if (self->dispatcher->has_hooks()) return gate_hooked(self, args, nargsf, kwnames);
+    return call_original(self, args, nargsf, kwnames);
   }
   // nullptr: the Gate's own forward
   // Once a module's `.source` exists, traces run its rewritten forward: whether a body will
@@ -245,9 +251,7 @@ PyObject* source_op_vectorcall(PyObject* callable, PyObject* const* args, size_t
     return nullptr;
   }
   const size_t rest = static_cast<size_t>(nargs - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
-  TraceState* trace = self->dispatcher->running() ? active_trace() : nullptr;
-  if (trace != nullptr && trace->dispatcher() != self->dispatcher) trace = nullptr;
-  if (trace == nullptr && self->dispatcher->running()) trace = trace_of_other_thread(self->dispatcher);
+  TraceState* trace = trace_of_visit(self->dispatcher);
   if (trace == nullptr) {
     if (args[0] == Py_None && nargs == 2) return Py_NewRef(args[1]);
     return PyObject_Vectorcall(args[0], args + 1, rest, kwnames);

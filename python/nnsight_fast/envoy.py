@@ -212,4 +212,3 @@ class Envoy(ValueAccess):
 
     def __repr__(self) -> str:
         return repr(self._module)
-

@@ -282,9 +282,7 @@ def _require_mediator(path: str, what: str) -> Mediator:
 
 def request(location: int, path: str, what: str) -> Any:
     """The value at `location` for the current invoke (`what` names it in errors)."""
-    mediator = current_mediator()
-    if mediator is None:
-        raise errors.outside_trace_error(f"{path}.{what}")
+    mediator = _require_mediator(path, what)
     forward = mediator.backward_of
     if forward is not None:  # in a backward block: the value this invoke read in the forward pass
         key = (location, forward.occurrence_of(path))
@@ -311,7 +309,4 @@ def skip(location: int, path: str, value: Any) -> None:
 
 def advance(path: str, step: int) -> None:
     """Moves the current invoke's view of the module at `path` `step` calls forward."""
-    mediator = current_mediator()
-    if mediator is None:
-        raise errors.outside_trace_error(f"{path}.next")
-    mediator.advance(path, step)
+    _require_mediator(path, "next").advance(path, step)
