@@ -2,7 +2,7 @@
 
     class MyContext:
         def __enter__(self):
-            self._capture = BodyCapture.begin(sys._getframe(1))
+            self._capture = _native.begin_capture(sys._getframe(1))
             return self
         def __exit__(self, kind, error, tb):
             if not self._capture.skipped(kind):
@@ -11,34 +11,32 @@
             namespace = body.run(collect=print)    # runs the body as a function
             return True                            # swallow the skip signal
 
-`begin` arms a line trace on the caller's frame that raises `SkipBody` as the body's
-first line starts. The body is compiled once per code site (file, line, the names
-it reads from the caller) into a function whose parameters are those names, so
-reads see the caller's variables, closures and comprehensions work, and the body's
-locals come back in one dict when it ends (normally or not).
+`begin_capture` (csrc/body_capture.cpp) arms a C trace function that raises `SkipBody`
+as the body's first line starts in the caller's frame. The body is compiled once per
+code site (file, line, the names it reads from the caller) into a function whose
+parameters are those names, so reads see the caller's variables, closures and
+comprehensions work, and the body's locals come back in one dict when it ends
+(normally or not). This file finds and compiles the sites; the per-trace path is native.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
 import copy
 import dis
 import inspect
 import linecache
-import sys
-import textwrap
 import tokenize
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+import sys
+from sys import _getframe
+from typing import Any
 
 from . import _native
 from .errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
-_BUILTINS = builtins.__dict__
-_NOP = dis.opmap["NOP"]
 _LOOP_END = "__nnsight_fast_LoopEnd__"
 _OPTIMIZED = inspect.CO_OPTIMIZED  # a function frame: its f_locals is a snapshot (Python < 3.13)
 
@@ -85,83 +83,9 @@ class _EndableLoops(ast.NodeTransformer):
 
 
 
-@dataclass
-class CapturedBody:
-    """A compiled `with` body, bound to the frame it came from."""
-
-    function: Callable[..., Any]
-    arguments: tuple
-    frame: types.FrameType
-
-    def run(self, collect: Callable[[dict], None]) -> Any:
-        """Runs the body; `collect` receives its locals when it ends, however it ends."""
-        return self.function(collect, LoopEnd, *self.arguments)
-
-
-class BodyCapture:
-    """Arms the skip of a `with` body and, once skipped, compiles it."""
-
-    def __init__(self, frame: types.FrameType, site: "_Site"):
-        self.frame = frame
-        self.site = site
-        self._previous_trace = sys.gettrace()
-        self._previous_frame_trace = frame.f_trace
-
-    @classmethod
-    def begin(cls, frame: types.FrameType) -> "BodyCapture":
-        """Arms the skip of the `with` body whose header runs in `frame`; returns the capture."""
-        capture = cls(frame, _site(frame.f_code.co_filename, frame.f_lineno, frame.f_code))
-        body_line = capture.site.statement.body[0].lineno
-
-        def skip(frame_, event, arg):
-            # A statement compiled to a NOP (`pass`, `try:`, a docstring) sits before the
-            # range Python's `with` guards: raise at the next line, which is inside it. A
-            # body of NOPs only runs as it is (it does nothing) and __exit__ sees no error.
-            if event == "line" and frame_.f_lineno >= body_line and frame_.f_code.co_code[frame_.f_lasti] != _NOP:
-                raise SkipBody()
-            return skip
-
-        sys.settrace(_native.no_trace if capture._previous_trace is None else capture._previous_trace)
-        frame.f_trace = skip
-        return capture
-
-    def disarm(self) -> None:
-        """Puts back the frame's and the thread's trace functions (a debugger's, coverage's):
-        raising SkipBody from a trace function made Python drop the thread's."""
-        self.frame.f_trace = self._previous_frame_trace
-        sys.settrace(self._previous_trace)
-
-    def skipped(self, kind: type | None) -> bool:
-        """True when the body was skipped by us (and should be run); disarms either way."""
-        self.disarm()
-        if kind is None:
-            return True  # a body of NOPs ran as a no-op: still a trace to run
-        return kind is SkipBody
-
-    def compile(self) -> CapturedBody:
-        """The skipped body as a function of the names it reads from the caller, bound to their values now."""
-        frame = self.frame
-        site = self.site
-        names = frame.f_locals
-        defined = frame.f_globals
-        # Names the body uses that nothing defines yet become unbound locals, so a
-        # barrier can hand them over from another invoke.
-        parameters, late = [], []
-        for name in site.names:
-            if name in names:
-                parameters.append(name)
-            elif name not in defined and name not in _BUILTINS:
-                late.append(name)
-        key = (tuple(parameters), tuple(late))
-        function_code = site.compiled.get(key)
-        if function_code is None:
-            function_code = site.compiled[key] = site.compile(*key)
-        function = types.FunctionType(function_code, defined, "<traced block>")
-        arguments = tuple(map(names.__getitem__, parameters))
-        if late:
-            arguments += (None,) * len(late)
-        _forget(frame, names)
-        return CapturedBody(function, arguments, frame)
+# A compiled `with` body bound to its caller's values: CapturedBody(function, arguments, frame);
+# body.run(collect) calls function(collect, LoopEnd, *arguments) (csrc/body_capture.cpp).
+CapturedBody = _native.CapturedBody
 
 
 class CapturedBlock:
@@ -174,10 +98,10 @@ class CapturedBlock:
     `__enter__` arms the capture (and returns `entered()`); when the body is skipped,
     `__exit__` compiles it and hands it to `run_block`."""
 
-    _capture: "BodyCapture | None" = None
+    _capture: Any = None  # the native Capture between __enter__ and __exit__
 
     def __enter__(self):
-        self._capture = BodyCapture.begin(sys._getframe(1))
+        self._capture = _begin_capture(_getframe(1))
         return self.entered()
 
     def entered(self):
@@ -197,7 +121,7 @@ class CapturedBlock:
             raise
         return True
 
-    def run_block(self, body: CapturedBody, capture: "BodyCapture") -> None:
+    def run_block(self, body: CapturedBody, capture: Any) -> None:
         """Runs the captured body (`body.run(collect)`); a subclass says how."""
         raise NotImplementedError
 
@@ -220,7 +144,8 @@ class _Site:
     filename: str
     statement: ast.With
     names: tuple
-    compiled: dict
+    compiled: dict  # (parameters, late) -> the body's code, filled by the native capture
+    body_line: int  # where the body starts: the skip is raised as this line starts
 
     def compile(self, parameters: tuple, late: tuple) -> types.CodeType:
         _refuse_return(self.filename, self.statement.body)
@@ -257,19 +182,6 @@ class _Site:
         ast.fix_missing_locations(module)
         code = compile(module, self.filename, "exec")
         return next(c for c in code.co_consts if isinstance(c, types.CodeType))
-
-
-# (filename, line, id(code)) -> (code, site). The entry holds the code object, so its id
-# cannot be reused while the entry exists (hashing the code itself costs ~0.2 µs and up).
-_sites: dict[tuple, tuple[types.CodeType, _Site]] = {}
-
-
-def _site(filename: str, line: int, code: types.CodeType) -> _Site:
-    key = (filename, line, id(code))
-    known = _sites.get(key)
-    if known is None or known[0] is not code:
-        known = _sites[key] = (code, _find_site(filename, line))
-    return known[1]
 
 
 _files: dict[str, tuple[list, list]] = {}  # filename -> (its linecache lines, its `with` statements)
@@ -342,8 +254,9 @@ def _statement_lines(lines: list[str], start: int, indent: str) -> list[str] | N
     return None
 
 
-def _find_site(filename: str, line: int) -> _Site:
-    """The innermost `with` statement whose header spans `line`."""
+def _find_site(filename: str, line: int, code: types.CodeType | None = None) -> _Site:
+    """The innermost `with` statement whose header spans `line` (the native capture asks once
+    per code object and line)."""
     statement = _block_at(filename, line)
     if statement is not None:
         return site_of(filename, statement)
@@ -398,7 +311,8 @@ def site_of(filename: str, statement: ast.With) -> _Site:
             names.append(node.id)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             declared.update(node.names)
-    return _Site(filename, statement, tuple(name for name in names if name not in declared), {})
+    return _Site(filename, statement, tuple(name for name in names if name not in declared), {},
+                 statement.body[0].lineno)
 
 
 def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
@@ -421,3 +335,7 @@ def _forget(frame: types.FrameType, snapshot: Any) -> None:
     frames' f_locals are their namespaces, and Python 3.13's is a view: nothing to forget."""
     if frame.f_code.co_flags & _OPTIMIZED and isinstance(snapshot, dict):
         snapshot.clear()
+
+
+_begin_capture = _native.begin_capture
+_native.configure_capture(_find_site, SkipBody, LoopEnd, dis.opmap["NOP"])
