@@ -175,6 +175,156 @@ Outcome or_throw(Outcome outcome) {
 
 Handoff* nnsight_fast::handoff_of(PyObject* object) { return as_handoff(object); }
 
+namespace {
+
+// The hot methods of Trace and Handoff as plain CPython methods: a pybind11 call costs
+// ~0.5 k instructions in argument casting and type lookups, and a trace makes a dozen.
+PyTypeObject* g_trace_type = nullptr;  // set once the class is registered
+
+Trace* as_trace(PyObject* object) {
+  if (Py_TYPE(object) == g_trace_type) {
+    auto* instance = reinterpret_cast<py::detail::instance*>(object);
+    if (instance->simple_layout && instance->simple_value_holder[0] != nullptr)
+      return static_cast<Trace*>(instance->simple_value_holder[0]);
+  }
+  PyErr_SetString(PyExc_TypeError, "expected a Trace");
+  return nullptr;
+}
+
+bool expect_args(Py_ssize_t nargs, Py_ssize_t wanted, const char* usage) {
+  if (nargs == wanted) return true;
+  PyErr_Format(PyExc_TypeError, "%s", usage);
+  return false;
+}
+
+PyObject* trace_set_batch(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr || !expect_args(nargs, 2, "set_batch(size, input_invokes)")) return nullptr;
+  const long long size = PyLong_AsLongLong(args[0]);
+  const long invokes = PyLong_AsLong(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  trace->state.set_batch(size, static_cast<int>(invokes));
+  Py_RETURN_NONE;
+}
+
+PyObject* trace_add_mediator(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr || !expect_args(nargs, 3, "add_mediator(handoff, row_start, row_count)")) return nullptr;
+  Handoff* handoff = as_handoff(args[0]);
+  const long long row_start = PyLong_AsLongLong(args[1]);
+  const long long row_count = PyLong_AsLongLong(args[2]);
+  if (handoff == nullptr || PyErr_Occurred()) return nullptr;
+  trace->handoffs.push_back(py::reinterpret_borrow<py::object>(args[0]));
+  const int index = trace->state.add_mediator(MediatorSlot{handoff, row_start, row_count});
+  handoff->attach(&trace->state, index);
+  return PyLong_FromLong(index);
+}
+
+PyObject* trace_activate(PyObject* self, PyObject*) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr) return nullptr;
+  if (trace->active) {
+    PyErr_SetString(PyExc_ValueError, "this trace is already running");
+    return nullptr;
+  }
+  trace->previous = set_active_trace(&trace->state);
+  trace->state.dispatcher()->trace_started(&trace->state);
+  trace->active = true;
+  Py_RETURN_NONE;
+}
+
+PyObject* trace_deactivate(PyObject* self, PyObject*) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr) return nullptr;
+  if (trace->active) {
+    set_active_trace(trace->previous);
+    trace->state.dispatcher()->trace_ended(&trace->state);
+    trace->previous = nullptr;
+    trace->active = false;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* trace_resume_released(PyObject* self, PyObject*) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr || !resume_released(&trace->state)) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* trace_serve(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr || !expect_args(nargs, 2, "serve(location, value)")) return nullptr;
+  const long location = PyLong_AsLong(args[0]);
+  if (PyErr_Occurred()) return nullptr;
+  const int64_t occurrence = trace->state.visit(static_cast<int>(location));
+  if (!trace->state.wanted(static_cast<int>(location))) return Py_NewRef(args[1]);
+  return serve_location(&trace->state, static_cast<int>(location), occurrence, args[1], nullptr);
+}
+
+PyObject* handoff_start(PyObject* self, PyObject* job) {
+  Handoff* handoff = as_handoff(self);
+  if (handoff == nullptr) return nullptr;
+  const Outcome outcome = handoff->start(job);
+  if (outcome == Outcome::Error) return nullptr;
+  return PyBool_FromLong(outcome == Outcome::Failed);
+}
+
+PyObject* handoff_cancel(PyObject* self, PyObject*) {
+  Handoff* handoff = as_handoff(self);
+  if (handoff == nullptr || handoff->cancel() == Outcome::Error) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* handoff_busy(PyObject* self, void*) {
+  Handoff* handoff = as_handoff(self);
+  return handoff != nullptr ? PyBool_FromLong(handoff->busy()) : nullptr;
+}
+
+PyMethodDef trace_methods[] = {
+    {"set_batch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(trace_set_batch)), METH_FASTCALL,
+     "set_batch(size, input_invokes): the batch's rows and how many invokes brought inputs."},
+    {"add_mediator", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(trace_add_mediator)), METH_FASTCALL,
+     "add_mediator(handoff, row_start, row_count): a body served by this trace; returns its index."},
+    {"activate", trace_activate, METH_NOARGS, "Makes this trace the one its model's gates serve on this thread."},
+    {"deactivate", trace_deactivate, METH_NOARGS, "Ends activate() (puts back the trace active before)."},
+    {"resume_released", trace_resume_released, METH_NOARGS, "Resumes the bodies a barrier released."},
+    {"serve", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(trace_serve)), METH_FASTCALL,
+     "serve(location, value): the model reached a location that is not a module call (e.g. the traced call's "
+     "result); returns the value, edited."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyMethodDef handoff_methods[] = {
+    {"start", handoff_start, METH_O, "start(job): runs job() until the body parks or ends; True when it failed."},
+    {"cancel", handoff_cancel, METH_NOARGS, "Makes the parked body's wait raise Cancelled; returns when it parks or ends."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef handoff_busy_getset = {"busy", handoff_busy, nullptr, "True while the body is parked (it has not ended).",
+                                   nullptr};
+
+// Installs plain CPython methods on a pybind11 class (replacing any of the same name).
+void add_raw_methods(py::handle cls, PyMethodDef* methods) {
+  auto* type = reinterpret_cast<PyTypeObject*>(cls.ptr());
+  for (PyMethodDef* method = methods; method->ml_name != nullptr; ++method) {
+    PyObject* descriptor = PyDescr_NewMethod(type, method);
+    if (descriptor == nullptr || PyObject_SetAttrString(cls.ptr(), method->ml_name, descriptor) < 0) {
+      Py_XDECREF(descriptor);
+      throw py::error_already_set();
+    }
+    Py_DECREF(descriptor);
+  }
+}
+
+void add_raw_getter(py::handle cls, PyGetSetDef* getter) {
+  PyObject* descriptor = PyDescr_NewGetSet(reinterpret_cast<PyTypeObject*>(cls.ptr()), getter);
+  if (descriptor == nullptr || PyObject_SetAttrString(cls.ptr(), getter->name, descriptor) < 0) {
+    Py_XDECREF(descriptor);
+    throw py::error_already_set();
+  }
+  Py_DECREF(descriptor);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
@@ -211,15 +361,12 @@ PYBIND11_MODULE(_native, m) {
       throw py::error_already_set();
   });
 
-  py::class_<Handoff>(m, "Handoff")
-      .def(
-          "start", [](Handoff& h, py::object job) { return or_throw(h.start(job.ptr())) == Outcome::Failed; },
-          "Runs job() until the body parks or ends; True when it failed (the job returned True).")
-      .def("serve", [](Handoff& h, py::object value) { or_throw(h.serve(value.ptr())); })
-      .def("cancel", [](Handoff& h) { or_throw(h.cancel()); })
-      .def_property_readonly("busy", &Handoff::busy)
+  py::class_<Handoff> handoff_class(m, "Handoff");
+  handoff_class.def("serve", [](Handoff& h, py::object value) { or_throw(h.serve(value.ptr())); })
       .def("set_swap", [](Handoff& h, py::object value) { h.set_swap(value.ptr()); })
       .def("set_skip", [](Handoff& h, py::object value) { h.set_skip(value.ptr()); });
+  add_raw_methods(handoff_class, handoff_methods);
+  add_raw_getter(handoff_class, &handoff_busy_getset);
   py::class_<GreenletHandoff, Handoff> greenlet_handoff(m, "GreenletHandoff",
                                                        "A body as a greenlet on the model's thread.");
   greenlet_handoff.def(py::init<>());
@@ -231,8 +378,8 @@ PYBIND11_MODULE(_native, m) {
       .def("finish_and_next",
            [](ThreadHandoff& h, bool failed) { return steal_or_throw(h.finish_and_next(failed)); });
 
-  py::class_<Trace>(m, "Trace")
-      .def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
+  py::class_<Trace> trace_class(m, "Trace");
+  trace_class.def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
       .def(
           "visit_counts",
@@ -258,11 +405,6 @@ PYBIND11_MODULE(_native, m) {
           },
           "Appends a copy of every value `location` takes (after edits) to `sink`.")
       .def("release", [](Trace& t, int mediator) { t.state.release(mediator); })
-      .def("resume_released",
-           [](Trace& t) {
-             if (!resume_released(&t.state)) throw py::error_already_set();
-           })
-      .def("set_batch", [](Trace& t, int64_t size, int input_invokes) { t.state.set_batch(size, input_invokes); })
       .def(
           "set_failures_abort", [](Trace& t, bool abort) { t.state.set_failures_abort(abort); },
           "False: a body that fails ends alone and the model goes on (a server of independent requests).")
@@ -273,29 +415,6 @@ PYBIND11_MODULE(_native, m) {
             t.state.set_rows(mediator, row_start, row_count);
           },
           "Gives a mediator rows [row_start, row_start + row_count) of the batch from now on (-1: all).")
-      .def("add_mediator",
-           [](Trace& t, py::object handoff, int64_t row_start, int64_t row_count) {
-             auto* native = handoff.cast<Handoff*>();
-             t.handoffs.push_back(handoff);
-             const int index = t.state.add_mediator(MediatorSlot{native, row_start, row_count});
-             native->attach(&t.state, index);
-             return index;
-           })
-      .def("activate",
-           [](Trace& t) {
-             if (t.active) throw py::value_error("this trace is already running");
-             t.previous = set_active_trace(&t.state);
-             t.state.dispatcher()->trace_started(&t.state);
-             t.active = true;
-           })
-      .def("deactivate",
-           [](Trace& t) {
-             if (!t.active) return;
-             set_active_trace(t.previous);
-             t.state.dispatcher()->trace_ended(&t.state);
-             t.previous = nullptr;
-             t.active = false;
-           })
       .def_property_readonly("active", [](Trace& t) { return t.active; })
       .def(
           "run_here",
@@ -303,15 +422,9 @@ PYBIND11_MODULE(_native, m) {
             ActiveTrace scope(&t.state);
             return fn();
           },
-          "Calls fn() with this trace active on the calling thread (an Envoy called with hook=True).")
-      .def(
-          "serve",
-          [](Trace& t, int location, py::object value) {
-            const int64_t occurrence = t.state.visit(location);
-            if (!t.state.wanted(location)) return value;
-            return steal_or_throw(serve_location(&t.state, location, occurrence, value.ptr(), nullptr));
-          },
-          "The model reached a location that is not a module call (e.g. the traced call's result).");
+          "Calls fn() with this trace active on the calling thread (an Envoy called with hook=True).");
+  g_trace_type = reinterpret_cast<PyTypeObject*>(trace_class.ptr());
+  add_raw_methods(trace_class, trace_methods);
 
   m.def("has_active_trace", [] { return active_trace() != nullptr; },
         "True when this thread is running a trace.");

@@ -51,6 +51,9 @@ class Mediator:
     _worker = None
     _deferred: list | None = None  # actions to run before the body's turn ends (defer())
     _bases: list | None = None  # per location: visits made before this body joined (join_now())
+    _offsets: dict | None = None  # path -> calls further on (envoy.next())
+    loops: list | tuple = ()  # the Iterations loops this body is inside, innermost last
+    _nested_sources: dict | None = None  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
 
     def __init__(self, tracer: Owner, body, native_trace, rows: tuple[int, int] = (0, -1), *,
                  threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None):
@@ -65,9 +68,6 @@ class Mediator:
         else:
             self._handoff = _native.GreenletHandoff()
         self.index = native_trace.add_mediator(self._handoff, *rows)
-        self._offsets: dict[str, int] = {}  # path -> calls further on (envoy.next())
-        self.loops: list = []  # the Iterations loops this body is inside, innermost last
-        self._nested_sources: dict = {}  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
         # (location, occurrence) -> value served while grad mode was on, for backward blocks. Under
         # no_grad nothing is kept: each value is freed as soon as the body and the model drop it.
         self.history: dict = {}
@@ -94,17 +94,18 @@ class Mediator:
     def finish(self) -> dict | None:
         """Ends the body (if still parked) and drops what it held; returns its variables
         when they go back to the caller."""
+        handoff = self._handoff
         try:
-            while self._handoff.busy:
-                self._handoff.cancel()
+            while handoff.busy:
+                handoff.cancel()
         finally:
             if self._worker is not None:
                 POOL.release(self._worker)
                 self._worker = None
-            namespace, self._namespace = self._namespace, None
-            self.history.clear()
-            self._nested_sources.clear()
-            self._body = None
+            namespace = self._namespace
+            self._namespace = self._body = self._nested_sources = None
+            if self.history:
+                self.history.clear()
         return namespace if self.collects else None
 
     # ---- body side ----
@@ -233,14 +234,19 @@ class Mediator:
     def at_step(self, step: int) -> None:
         """Later requests bind to the model's `step`-th call (generation step)."""
         self.iteration = step
-        self._offsets.clear()
+        self._offsets = None
 
     def advance(self, path: str, step: int) -> None:
         """Later requests for `path` refer to the call `step` calls further on."""
-        self._offsets[path] = self._offsets.get(path, 0) + step
+        offsets = self._offsets
+        if offsets is None:
+            offsets = self._offsets = {}
+        offsets[path] = offsets.get(path, 0) + step
 
     def enter_loop(self, loop) -> None:
         """The body enters a `tracer.iter` loop (innermost last): the run's end can end it."""
+        if not self.loops:
+            self.loops = []
         self.loops.append(loop)
 
     def leave_loop(self) -> None:
@@ -258,10 +264,12 @@ class Mediator:
     # ---- .source of an operation's callee, once per execution ----
     def nested_source(self, key: tuple) -> Any:
         """The SourceEnvoy already built for this execution of an operation's callee, if any."""
-        return self._nested_sources.get(key)
+        return self._nested_sources.get(key) if self._nested_sources else None
 
     def remember_nested_source(self, key: tuple, source: Any) -> None:
         """Remembers the SourceEnvoy built for this execution of an operation's callee."""
+        if self._nested_sources is None:
+            self._nested_sources = {}
         self._nested_sources[key] = source
 
 

@@ -70,8 +70,7 @@ class NNsight(Envoy):
         trace=False runs the model once on the prepared inputs and returns its output."""
         target = self._target if fn is None else CallTarget(self, fn)
         if not trace:
-            target.prepare()
-            args, kwargs, _ = target.prepare_inputs(*args, **kwargs)
+            args, kwargs, _ = target.prepare_batch([(args, kwargs)])
             return target.run(args, kwargs)
         return Tracer(self, target, args, kwargs)
 
@@ -144,17 +143,19 @@ class ModelTarget:
         """The wrapped torch module."""
         return self._model()._module
 
-    def prepare(self) -> None:
-        """Readies the model for a run (a lazy model loads its weights)."""
-        self._model()._prepare_run()
-
-    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
-        """One invoke's inputs as (args, kwargs, batch size)."""
-        return self._model()._prepare_inputs(*args, **kwargs)
-
-    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
-        """Several invokes' prepared inputs as one batch (args, kwargs)."""
-        return self._model()._batch_inputs(prepared)
+    def prepare_batch(self, inputs: list[tuple[tuple, dict]], load: bool = True) -> tuple[tuple, dict, Any]:
+        """The invokes' inputs as one batch: (args, kwargs, each invoke's batch size); with
+        `load`, readies the model first (a lazy model loads its weights)."""
+        model = self._model()
+        if load:
+            model._prepare_run()
+        if len(inputs) == 1:
+            args, kwargs = inputs[0]
+            args, kwargs, size = model._prepare_inputs(*args, **kwargs)
+            return args, kwargs, (size,)
+        prepared = [model._prepare_inputs(*args, **kwargs) for args, kwargs in inputs]
+        args, kwargs = model._batch_inputs(prepared)
+        return args, kwargs, [size for _, _, size in prepared]
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Runs the model on the batch."""

@@ -26,8 +26,7 @@ class ScanTracer(Tracer):
         shape = model.layer1.output.shape.save()
     """
 
-    def _prepare_model(self) -> None:
-        pass  # no weights are needed to scan
+    loads_model = False  # no weights are needed to scan
 
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
         module = self.target.module
@@ -35,9 +34,7 @@ class ScanTracer(Tracer):
         if device is not None and device.type == "meta":
             args, kwargs = _to_device((args, kwargs), device)
         with FakeTensorMode(allow_non_fake_inputs=True):
-            result = module(*args, **kwargs)
-        self._end_loops()
-        return result
+            return module(*args, **kwargs)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

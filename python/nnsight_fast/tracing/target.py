@@ -7,9 +7,8 @@
         edits = []                               # persistent edits (tracing/edit.py), run first
         path_aliases = {}                        # alias path -> real path (rename=)
         module = net                             # the wrapped torch module
-        def prepare(self): ...                   # before a run (a lazy model loads weights)
-        def prepare_inputs(self, *args, **kwargs): return args, kwargs, batch_size
-        def batch_inputs(self, prepared): return args, kwargs     # several invokes' inputs
+        def prepare_batch(self, inputs, load=True):   # [(args, kwargs)] per invoke -> one batch
+            return args, kwargs, sizes               # sizes: each invoke's rows, in order
         def run(self, args, kwargs): return net(*args, **kwargs)
 
     Tracer(envoy, MyTarget(), args, kwargs)
@@ -36,14 +35,9 @@ class TraceTarget(Protocol):
     def module(self) -> torch.nn.Module:
         """The wrapped torch module."""
 
-    def prepare(self) -> None:
-        """Readies the model for a run (a lazy model loads its weights)."""
-
-    def prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
-        """One invoke's inputs as (args, kwargs, batch size)."""
-
-    def batch_inputs(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
-        """Several invokes' prepared inputs as one batch (args, kwargs)."""
+    def prepare_batch(self, inputs: list[tuple[tuple, dict]], load: bool = True) -> tuple[tuple, dict, Any]:
+        """The invokes' inputs as one batch: (args, kwargs, each invoke's batch size); with
+        `load`, readies the model first (a lazy model loads its weights)."""
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Runs the model on the batch."""

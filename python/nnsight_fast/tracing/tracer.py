@@ -178,32 +178,30 @@ class Tracer(CapturedBlock):
         self._invokes.append(invoke)
 
     # ---- running ----
+    loads_model = True  # False: the run needs no weights (model.scan)
+
     def _execute(self) -> None:
         target = self.target
         invokes = self._invokes
-        with_inputs = [invoke for invoke in invokes if invoke.inputs is not None]
-        if not with_inputs:
-            raise ValueError(
-                "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
-                "`tracer.invoke(x)` with an input"
-            )
-        self._prepare_model()
-        prepared = [target.prepare_inputs(*invoke.inputs[0], **invoke.inputs[1]) for invoke in with_inputs]
-        if len(prepared) == 1:
-            args, kwargs, batch_size = prepared[0]
+        if len(invokes) == 1 and invokes[0].inputs is not None:  # the usual trace: one body over its inputs
+            with_inputs = invokes
         else:
-            args, kwargs = target.batch_inputs(prepared)
-            batch_size = sum(p[2] for p in prepared)
-
+            with_inputs = [invoke for invoke in invokes if invoke.inputs is not None]
+            if not with_inputs:
+                raise ValueError(
+                    "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
+                    "`tracer.invoke(x)` with an input"
+                )
+        args, kwargs, sizes = target.prepare_batch([invoke.inputs for invoke in with_inputs], self.loads_model)
         native = _native.Trace(target.dispatcher)
-        native.set_batch(batch_size, len(with_inputs))
+        native.set_batch(sum(sizes), len(with_inputs))
         threaded = target.dispatcher.threaded
         mediators = self.mediators
         try:
             for edit in target.edits:  # persistent edits run first, over the whole batch
                 mediators.append(Mediator(self, edit.body, native, (0, -1), threaded=threaded, collects=False))
             start = 0
-            for invoke, (_, _, size) in zip(with_inputs, prepared):  # each input invoke owns its rows
+            for invoke, size in zip(with_inputs, sizes):  # each input invoke owns its rows
                 mediators.append(Mediator(self, invoke.body, native, (start, size), threaded=threaded))
                 start += size
             if len(with_inputs) < len(invokes):
@@ -213,11 +211,15 @@ class Tracer(CapturedBlock):
             self._interleave(native, args, kwargs)
         finally:
             self.mediators = []
+            namespaces = self._namespaces
+            failed = False
             for mediator in mediators:
                 namespace = mediator.finish()
                 if namespace is not None:
-                    self._namespaces.append(namespace)
-            _raise_late_interrupt(mediators)
+                    namespaces.append(namespace)
+                failed = failed or mediator.error is not None
+            if failed:
+                _raise_late_interrupt(mediators)
 
     def _interleave(self, native, args: tuple, kwargs: dict) -> None:
         mediators = self.mediators
@@ -233,6 +235,7 @@ class Tracer(CapturedBlock):
                     raise Abort()
                 native.resume_released()
             result = self._call_model(args, kwargs)
+            self._end_loops()  # before the result is served: the code after a loop may ask for it
             native.serve(self.target.result_location, result)
             self._end_unserved_requests()
         except Abort:
@@ -246,12 +249,14 @@ class Tracer(CapturedBlock):
             for mediator in mediators:
                 if mediator.busy:
                     mediator.cancel()
-        for cache, records in self._cache_records:
-            cache._fill(records)
-        self._cache_records.clear()
-        for message in self._warnings:
-            warnings.warn(message, UserWarning, stacklevel=4)
-        self._warnings.clear()
+        if self._cache_records:
+            for cache, records in self._cache_records:
+                cache._fill(records)
+            self._cache_records.clear()
+        if self._warnings:
+            for message in self._warnings:
+                warnings.warn(message, UserWarning, stacklevel=4)
+            self._warnings.clear()
         for mediator in mediators:
             failure = mediator.error
             if failure is None:
@@ -265,13 +270,9 @@ class Tracer(CapturedBlock):
         if model_error is not None:
             raise model_error
 
-    def _prepare_model(self) -> None:
-        self.target.prepare()
-
     def _call_model(self, args: tuple, kwargs: dict) -> Any:
-        result = self.target.run(args, kwargs)
-        self._end_loops()
-        return result
+        """Runs the model (a subclass: generate, or on fake tensors)."""
+        return self.target.run(args, kwargs)
 
     def _end_loops(self) -> None:
         """The model made its last step: loops waiting for another step end there, and the
