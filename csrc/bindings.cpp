@@ -18,6 +18,7 @@
 #include "gate.h"
 #include "module_call.h"
 #include "body_capture.h"
+#include "body_job.h"
 #include "greenlet_handoff.h"
 #include "thread_handoff.h"
 #include "save_mount.h"
@@ -329,7 +330,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

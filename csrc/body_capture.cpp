@@ -1,5 +1,7 @@
 #include "body_capture.h"
 
+#include "method_function.h"
+
 #include <frameobject.h>
 #include <structmember.h>
 
@@ -12,6 +14,11 @@ namespace nnsight_fast {
 namespace {
 
 PyObject* g_find_site = nullptr;   // find_site(filename, line, code) -> site (Python)
+PyObject* g_drop_context = nullptr;  // drop_context(failure, skip): unchains a body's error from SkipBody
+PyObject* g_default_entered = nullptr;  // CapturedBlock.entered (returns the block itself)
+PyObject* s_capture = nullptr;     // "_capture"
+PyObject* s_entered = nullptr;     // "entered"
+PyObject* s_run_block = nullptr;   // "run_block"
 PyObject* g_skip_error = nullptr;  // SkipBody
 PyObject* g_loop_end = nullptr;    // LoopEnd, the body function's second parameter
 int g_nop = -1;                    // the NOP opcode (dis.opmap["NOP"])
@@ -463,12 +470,92 @@ PyGetSetDef capture_getset[] = {
     {"site", capture_site, nullptr, "The `with` statement's site (capture.py)", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
-// configure_capture(find_site, SkipBody, LoopEnd, NOP)
+// CapturedBlock.__enter__(block): arms the capture of the body of the `with` statement
+// running in the calling frame (this is C: no Python frame between); returns
+// block.entered() (the block itself unless a subclass says otherwise).
+PyObject* block_enter(PyObject*, PyObject* block) {
+  PyFrameObject* frame = PyEval_GetFrame();  // borrowed: the frame running the `with`
+  if (frame == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "a traced `with` block needs a Python frame");
+    return nullptr;
+  }
+  PyObject* capture = begin_capture(nullptr, reinterpret_cast<PyObject*>(frame));
+  if (capture == nullptr) return nullptr;
+  const int stored = PyObject_SetAttr(block, s_capture, capture);
+  Py_DECREF(capture);
+  if (stored < 0) return nullptr;
+  PyObject* entered = _PyType_Lookup(Py_TYPE(block), s_entered);  // borrowed
+  if (entered == g_default_entered) return Py_NewRef(block);
+  return PyObject_CallMethodNoArgs(block, s_entered);
+}
+
+// CapturedBlock.__exit__(block, kind, error, traceback): runs the skipped body through
+// block.run_block(body, capture), outside the handling of SkipBody: exceptions raised and
+// caught inside the model (torch's Module.__getattr__ starts with one per parameter read)
+// stay cheap. True when the body was ours; False lets a real error (or no capture) through.
+PyObject* block_exit(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "__exit__(kind, error, traceback)");
+    return nullptr;
+  }
+  PyObject* block = args[0];
+  PyObject* capture = PyObject_GetAttr(block, s_capture);
+  if (capture == nullptr) return nullptr;
+  if (PyObject_SetAttr(block, s_capture, Py_None) < 0 || Py_TYPE(capture) != &CaptureType) {  // no frame <-> block cycle
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "__exit__ without __enter__");
+    Py_DECREF(capture);
+    return nullptr;
+  }
+  PyObject* skipped = capture_skipped(capture, args[1]);
+  if (skipped != Py_True) {
+    Py_DECREF(capture);
+    return skipped;  // False, or nullptr
+  }
+  Py_DECREF(skipped);
+  PyObject* body = capture_compile(capture, nullptr);
+  PyObject* result = nullptr;
+  if (body != nullptr) {
+    PyObject *type, *value, *traceback;
+    PyErr_GetExcInfo(&type, &value, &traceback);
+    PyErr_SetExcInfo(nullptr, nullptr, nullptr);
+    PyObject* call[] = {block, body, capture};
+    result = PyObject_VectorcallMethod(s_run_block, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+    PyErr_SetExcInfo(type, value, traceback);  // steals the references GetExcInfo gave
+    Py_DECREF(body);
+  }
+  Py_DECREF(capture);
+  if (result != nullptr) {
+    Py_DECREF(result);
+    Py_RETURN_TRUE;
+  }
+  PyObject *type, *value, *traceback;  // not "during handling of" our SkipBody
+  PyErr_Fetch(&type, &value, &traceback);
+  PyErr_NormalizeException(&type, &value, &traceback);
+  if (traceback != nullptr && value != nullptr) PyException_SetTraceback(value, traceback);
+  PyObject* dropped = value != nullptr ? PyObject_CallFunctionObjArgs(g_drop_context, value, args[2], nullptr) : nullptr;
+  if (dropped == nullptr) {
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return nullptr;
+  }
+  Py_DECREF(dropped);
+  PyErr_Restore(type, value, traceback);
+  return nullptr;
+}
+
+// configure_capture(find_site, SkipBody, LoopEnd, NOP, drop_context, default_entered)
 PyObject* configure_capture(PyObject*, PyObject* args) {
   PyObject* find_site = nullptr;
   PyObject* skip_error = nullptr;
   PyObject* loop_end = nullptr;
-  if (!PyArg_ParseTuple(args, "OOOi:configure_capture", &find_site, &skip_error, &loop_end, &g_nop)) return nullptr;
+  PyObject* drop_context = nullptr;
+  PyObject* default_entered = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOiOO:configure_capture", &find_site, &skip_error, &loop_end, &g_nop, &drop_context,
+                        &default_entered))
+    return nullptr;
+  Py_XSETREF(g_drop_context, Py_NewRef(drop_context));
+  Py_XSETREF(g_default_entered, Py_NewRef(default_entered));
   Py_XSETREF(g_find_site, Py_NewRef(find_site));
   Py_XSETREF(g_skip_error, Py_NewRef(skip_error));
   Py_XSETREF(g_loop_end, Py_NewRef(loop_end));
@@ -477,7 +564,8 @@ PyObject* configure_capture(PyObject*, PyObject* args) {
 
 PyMethodDef capture_functions[] = {
     {"configure_capture", configure_capture, METH_VARARGS,
-     "configure_capture(find_site, SkipBody, LoopEnd, NOP): what begin_capture uses (capture.py, at import)."},
+     "configure_capture(find_site, SkipBody, LoopEnd, NOP, drop_context, CapturedBlock.entered): what the "
+     "capture uses (capture.py, at import)."},
     {"begin_capture", begin_capture, METH_O,
      "begin_capture(frame): arms the skip of the `with` body whose header runs in frame; returns the Capture."},
     {nullptr, nullptr, 0, nullptr}};
@@ -492,10 +580,19 @@ bool add_type(PyObject* module, PyTypeObject* type, const char* name) {
   return true;
 }
 
+PyMethodDef block_enter_def = {"block_enter", block_enter, METH_O,
+                                "CapturedBlock.__enter__: arms the capture of the calling frame's `with` body."};
+PyMethodDef block_exit_def = {"block_exit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(block_exit)),
+                              METH_FASTCALL, "CapturedBlock.__exit__: runs the skipped body through run_block."};
+
 }  // namespace
 
 bool add_body_capture(PyObject* module) {
   g_sites = new std::unordered_map<SiteKey, Site, SiteKeyHash>();
+  s_capture = PyUnicode_InternFromString("_capture");
+  s_entered = PyUnicode_InternFromString("entered");
+  s_run_block = PyUnicode_InternFromString("run_block");
+  if (s_capture == nullptr || s_entered == nullptr || s_run_block == nullptr) return false;
 
   BodyType.tp_name = "nnsight_fast._native.CapturedBody";
   BodyType.tp_basicsize = sizeof(BodyObject);
@@ -520,7 +617,8 @@ bool add_body_capture(PyObject* module) {
   CaptureType.tp_getset = capture_getset;
 
   return add_type(module, &BodyType, "CapturedBody") && add_type(module, &CaptureType, "Capture") &&
-         PyModule_AddFunctions(module, capture_functions) == 0;
+         PyModule_AddFunctions(module, capture_functions) == 0 && add_method_function(module, &block_enter_def) &&
+         add_method_function(module, &block_exit_def);
 }
 
 }  // namespace nnsight_fast

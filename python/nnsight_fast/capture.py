@@ -30,7 +30,6 @@ import tokenize
 import types
 from dataclasses import dataclass
 import sys
-from sys import _getframe
 from typing import Any
 
 from . import _native
@@ -100,26 +99,17 @@ class CapturedBlock:
 
     _capture: Any = None  # the native Capture between __enter__ and __exit__
 
-    def __enter__(self):
-        self._capture = _begin_capture(_getframe(1))
-        return self.entered()
+    # In C (csrc/body_capture.cpp): __enter__ arms the capture of the calling frame's body
+    # and returns `entered()`; __exit__ disarms, compiles the body and calls `run_block`
+    # outside the handling of SkipBody (exceptions raised and caught inside the model, as
+    # torch's Module.__getattr__ does per parameter read, stay cheap), and unchains a
+    # body's error from SkipBody.
+    __enter__ = _native.block_enter
+    __exit__ = _native.block_exit
 
     def entered(self):
         """What `with ... as name:` binds (the block itself unless a subclass says otherwise)."""
         return self
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        capture, self._capture = self._capture, None  # no frame <-> block cycle afterwards
-        if not capture.skipped(kind):
-            return False
-        try:
-            # Not "during handling of" SkipBody: exceptions raised and caught inside the
-            # model (torch's Module.__getattr__ starts with one per parameter read) stay cheap.
-            _native.call_unhandled(self.run_block, capture.compile(), capture)
-        except BaseException as failure:
-            _drop_context(failure, error)
-            raise
-        return True
 
     def run_block(self, body: CapturedBody, capture: Any) -> None:
         """Runs the captured body (`body.run(collect)`); a subclass says how."""
@@ -337,5 +327,4 @@ def _forget(frame: types.FrameType, snapshot: Any) -> None:
         snapshot.clear()
 
 
-_begin_capture = _native.begin_capture
-_native.configure_capture(_find_site, SkipBody, LoopEnd, dis.opmap["NOP"])
+_native.configure_capture(_find_site, SkipBody, LoopEnd, dis.opmap["NOP"], _drop_context, CapturedBlock.entered)

@@ -109,23 +109,12 @@ class Mediator:
         return namespace if self.collects else None
 
     # ---- body side ----
-    def _job(self) -> bool:
-        _native.set_current_mediator(self)
-        try:
-            self._body.run(self._collect)
-            if self._deferred is not None:
-                self._run_deferred()
-            return False
-        except BaseException as error:  # noqa: BLE001 - every failure goes back to the model side
-            self.error = error
-            return True
-        finally:
-            self._deferred = None
-            _native.set_current_mediator(None)
-            self._last = Mediator._last
-
-    def _collect(self, namespace: dict) -> None:
-        self._namespace = namespace
+    # In C (csrc/body_job.cpp): _job() makes this the thread's current mediator, runs
+    # `self._body.run(self._collect)` and the deferred actions, and returns False, or True
+    # with the failure in `self.error`; afterwards nothing deferred or served is kept.
+    # _collect(namespace) keeps the body's locals when it ends.
+    _job = _native.mediator_job
+    _collect = _native.keep_namespace
 
     def occurrence_of(self, path: str) -> int:
         """Which call of the module at `path` this body's next request binds to."""
