@@ -19,6 +19,7 @@
 #include "module_call.h"
 #include "body_capture.h"
 #include "body_job.h"
+#include "saving.h"
 #include "greenlet_handoff.h"
 #include "thread_handoff.h"
 #include "save_mount.h"
@@ -109,52 +110,7 @@ PyObject* set_current_mediator_function(PyObject*, PyObject* mediator) {
   Py_RETURN_NONE;
 }
 
-// Copies a frame's f_locals dict back into its fast locals (Python < 3.13: a trace
-// writes saved values back into the caller's function frame).
-PyObject* locals_to_fast(PyObject*, PyObject* frame) {
-#if PY_VERSION_HEX < 0x030D0000
-  if (!PyFrame_Check(frame)) {
-    PyErr_SetString(PyExc_TypeError, "locals_to_fast(frame)");
-    return nullptr;
-  }
-  PyFrame_LocalsToFast(reinterpret_cast<PyFrameObject*>(frame), 0);
-  if (PyErr_Occurred()) return nullptr;
-#endif
-  Py_RETURN_NONE;
-}
-
-// call_unhandled(fn, *args): fn(*args) with no exception "being handled" on this thread.
-// A `with` block's __exit__ runs while Python handles the block's exception (our
-// SkipBody): every exception raised then, even one caught at once, is instantiated and
-// chained to it. torch.nn.Module.__getattr__ (each parameter and submodule read) starts
-// with such an AttributeError, so a model run from __exit__ would pay ~0.1-0.2 us per
-// attribute read: ~50 us per forward of a 12-layer GPT-2.
-PyObject* call_unhandled(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 1) {
-    PyErr_SetString(PyExc_TypeError, "call_unhandled(fn, *args)");
-    return nullptr;
-  }
-  PyObject* type = nullptr;
-  PyObject* value = nullptr;
-  PyObject* traceback = nullptr;
-  PyErr_GetExcInfo(&type, &value, &traceback);
-  PyErr_SetExcInfo(nullptr, nullptr, nullptr);
-  PyObject* result = PyObject_Vectorcall(args[0], args + 1, static_cast<size_t>(nargs - 1), nullptr);
-  PyErr_SetExcInfo(type, value, traceback);  // steals the references GetExcInfo gave
-  return result;
-}
-
-// no_trace(frame, event, arg): a thread trace function that traces nothing. While a body
-// is being skipped, Python only calls frame trace functions when the thread has one; this one
-// costs no Python frame on each call it sees.
-PyObject* no_trace(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
-
 PyMethodDef raw_functions[] = {
-    {"no_trace", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(no_trace)), METH_FASTCALL,
-     "no_trace(frame, event, arg): a thread trace function that traces nothing."},
-    {"call_unhandled", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(call_unhandled)), METH_FASTCALL,
-     "call_unhandled(fn, *args): fn(*args) outside the exception this thread is handling (no implicit chaining)."},
-    {"locals_to_fast", locals_to_fast, METH_O, "Writes frame.f_locals back into the frame's variables."},
     {"current_mediator", current_mediator_function, METH_NOARGS,
      "The mediator whose body runs on this thread (None outside bodies)."},
     {"set_current_mediator", set_current_mediator_function, METH_O,
@@ -330,7 +286,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !add_saving(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

@@ -24,12 +24,11 @@ from __future__ import annotations
 import ast
 import copy
 import dis
-import inspect
 import linecache
+import sys
 import tokenize
 import types
 from dataclasses import dataclass
-import sys
 from typing import Any
 
 from . import _native
@@ -37,7 +36,6 @@ from .errors import LoopEnd, SkipBody
 
 _SINK = "__nnsight_fast_collect__"
 _LOOP_END = "__nnsight_fast_LoopEnd__"
-_OPTIMIZED = inspect.CO_OPTIMIZED  # a function frame: its f_locals is a snapshot (Python < 3.13)
 
 
 class _EndableLoops(ast.NodeTransformer):
@@ -305,26 +303,9 @@ def site_of(filename: str, statement: ast.With) -> _Site:
                  statement.body[0].lineno)
 
 
-def write_back(frame: types.FrameType, values: dict[str, Any]) -> None:
-    """Assigns `values` to variables of a running frame (the caller of a trace)."""
-    if not values:
-        return
-    if frame.f_locals is frame.f_globals:
-        frame.f_globals.update(values)
-        return
-    snapshot = frame.f_locals
-    snapshot.update(values)
-    _native.locals_to_fast(frame)
-    _forget(frame, snapshot)
-
-
-def _forget(frame: types.FrameType, snapshot: Any) -> None:
-    """Empties `snapshot`, the dict `frame.f_locals` made of a function frame's variables
-    (Python < 3.13 keeps it on the frame): otherwise it holds what the variables held then (a
-    model the caller later `del`s) until something reads `f_locals` again. Module and class
-    frames' f_locals are their namespaces, and Python 3.13's is a view: nothing to forget."""
-    if frame.f_code.co_flags & _OPTIMIZED and isinstance(snapshot, dict):
-        snapshot.clear()
+# write_back(frame, values): assigns `values` to variables of a running frame (the caller
+# of a trace); a function frame's f_locals snapshot is emptied afterwards (csrc/body_capture.cpp).
+write_back = _native.write_back
 
 
 _native.configure_capture(_find_site, SkipBody, LoopEnd, dis.opmap["NOP"], _drop_context, CapturedBlock.entered)

@@ -47,16 +47,21 @@ def enter_scope(scope: SaveScope | None) -> SaveScope | None:
     return previous
 
 
-def save(value: Any) -> Any:
-    """Marks `value` to be kept after the trace; returns it unchanged."""
-    mediator = _native.current_mediator()
-    scope = mediator.tracer if mediator is not None else _current.scope
+def _save_outside_bodies(value: Any) -> Any:
+    """save() where no body runs: a trace or session being set up keeps the value."""
+    scope = _current.scope
     if scope is None:
         raise ValueError(
             "Cannot save a value outside of a trace: call `.save()` inside `with model.trace(...)`"
         )
     scope.record_save(value)
     return value
+
+
+# save(value): marks `value` to be kept after the trace; returns it unchanged. In C
+# (csrc/saving.cpp): in a body, the body's tracer records it; elsewhere the function above.
+save = _native.save
+_native.configure_save(_save_outside_bodies)
 
 
 def _define_strict_classes_first() -> None:
@@ -104,9 +109,9 @@ class _UnmountingLoader(importlib.abc.Loader):
         try:
             self._loader.exec_module(module)
         finally:
-            _native.mount_on_object("save", save)
+            _native.mount_on_object("save", _native.save_method)
 
 
 _define_strict_classes_first()
 sys.meta_path.insert(0, _UnmountedWhileImported())
-_native.mount_on_object("save", save)
+_native.mount_on_object("save", _native.save_method)  # value.save(): save(value)

@@ -296,9 +296,11 @@ class Tracer(CapturedBlock):
         if not saved and self._session is None:
             self._namespaces.clear()
             return
-        in_session = self._session is not None  # in a session every variable flows on
-        values = {name: value for namespace in self._namespaces for name, value in namespace.items()
-                  if (in_session and not name.startswith("__nnsight_fast")) or saved.get(id(value)) is value}
+        if self._session is None:
+            values = _native.pick_saved(self._namespaces, saved)
+        else:  # in a session every variable flows on
+            values = {name: value for namespace in self._namespaces for name, value in namespace.items()
+                      if not name.startswith("__nnsight_fast") or saved.get(id(value)) is value}
         self._namespaces.clear()
         self._saved = {}
         write_back(frame, values)
