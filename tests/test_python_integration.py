@@ -73,25 +73,30 @@ class _no_dynamo_warning:
         return self._catcher.__exit__(*exc)
 
 
-def test_a_debuggers_trace_function_survives_a_trace():
+@pytest.mark.parametrize("traces_lines", [False, True])
+def test_a_debuggers_trace_function_survives_a_trace(traces_lines):
+    # traces_lines: the debugger also traces the lines of each frame (as pdb does while stepping)
     model = NNsight(MLP())
     seen = []
 
     def tracer(frame, event, arg):
         seen.append(event)
-        return None
+        return tracer if traces_lines else None
 
+    x = torch.randn(2, 4)
     previous = sys.gettrace()
     sys.settrace(tracer)
     try:
-        with model.trace(torch.randn(2, 4)):
+        with model.trace(x):
             inside = sys.gettrace()
             out = model.output.save()
         after = sys.gettrace()
     finally:
         sys.settrace(previous)
     assert after is tracer
-    assert out.shape == (2, 3)
+    assert torch.equal(out, model._module(x))
+    if traces_lines:  # the debugger saw the lines after the block too
+        assert seen.count("line") >= 2
 
 
 @pytest.mark.parametrize("first", ["try", "pass", "docstring"])
