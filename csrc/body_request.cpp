@@ -3,6 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include "handoff.h"
+#include "method_function.h"
 
 namespace nnsight_fast {
 namespace {
@@ -20,6 +21,8 @@ PyObject* s_history = nullptr;
 PyObject* s_handoff = nullptr;
 PyObject* s_backward_of = nullptr;
 PyObject* s_path = nullptr;
+PyObject* s_step = nullptr;
+PyObject* g_next_outside = nullptr;  // next(place, step) where no body runs (Python: raises its error)
 
 bool intern_all() {
   struct Name {
@@ -31,7 +34,8 @@ bool intern_all() {
                         {&s_requests_made, "requests_made"}, {&s_deferred, "_deferred"},
                         {&s_run_deferred, "_run_deferred"}, {&s_raise_pending_error, "_raise_pending_error"},
                         {&s_history, "history"},           {&s_handoff, "_handoff"},
-                        {&s_backward_of, "backward_of"},   {&s_path, "path"}};
+                        {&s_backward_of, "backward_of"},   {&s_path, "path"},
+                        {&s_step, "step"}};
   for (const Name& name : names) {
     *name.slot = PyUnicode_InternFromString(name.text);
     if (*name.slot == nullptr) return false;
@@ -244,8 +248,65 @@ PyObject* mediator_request(PyObject* mediator, int location, int64_t occurrence)
   return value;
 }
 
+namespace {
+
+// ValueAccess.next(step=1): later values of this place refer to the call `step` calls
+// further on, in the running body (its `_offsets`, path -> calls further on). Returns the place.
+PyObject* place_next(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  const Py_ssize_t keywords = kwnames != nullptr ? PyTuple_GET_SIZE(kwnames) : 0;
+  PyObject* step = nargs >= 2 ? args[1] : Py_None;
+  if (nargs < 1 || nargs + keywords > 2 ||
+      (keywords == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_step) != 0)) {
+    PyErr_SetString(PyExc_TypeError, "next(step=1)");
+    return nullptr;
+  }
+  if (keywords == 1) step = args[nargs];
+  PyObject* place = args[0];
+  PyObject* mediator = current_mediator();
+  if (mediator == nullptr) {
+    PyObject* call[] = {place, step == Py_None ? nullptr : step};
+    return PyObject_Vectorcall(g_next_outside, call, step == Py_None ? 1 : 2, nullptr);
+  }
+  const long long calls = step == Py_None ? 1 : PyLong_AsLongLong(step);
+  if (calls == -1 && PyErr_Occurred()) return nullptr;
+  PyObject* path = PyObject_GenericGetAttr(place, s_path);
+  if (path == nullptr) return nullptr;
+  PyObject* offsets = PyObject_GetAttr(mediator, s_offsets);
+  bool ok = offsets != nullptr;
+  if (ok && !PyDict_CheckExact(offsets)) {  // the first next() of this body
+    Py_DECREF(offsets);
+    offsets = PyDict_New();
+    ok = offsets != nullptr && PyObject_SetAttr(mediator, s_offsets, offsets) == 0;
+  }
+  if (ok) {
+    PyObject* before = PyDict_GetItemWithError(offsets, path);  // borrowed
+    const long long now = (before != nullptr ? PyLong_AsLongLong(before) : 0) + calls;
+    PyObject* after = PyErr_Occurred() ? nullptr : PyLong_FromLongLong(now);
+    ok = after != nullptr && PyDict_SetItem(offsets, path, after) == 0;
+    Py_XDECREF(after);
+  }
+  Py_XDECREF(offsets);
+  Py_DECREF(path);
+  return ok ? Py_NewRef(place) : nullptr;
+}
+
+PyObject* set_next_fallback(PyObject*, PyObject* fallback) {
+  Py_XSETREF(g_next_outside, Py_NewRef(fallback));
+  Py_RETURN_NONE;
+}
+
+PyMethodDef place_next_def = {"place_next", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(place_next)),
+                              METH_FASTCALL | METH_KEYWORDS,
+                              "ValueAccess.next(step=1): later values refer to the call `step` calls further on."};
+PyMethodDef next_functions[] = {
+    {"set_next_fallback", set_next_fallback, METH_O, "set_next_fallback(fn): next(place, step) where no body runs."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 bool add_value_read_type(PyObject* module) {
   if (!intern_all()) return false;
+  if (!add_method_function(module, &place_next_def) || PyModule_AddFunctions(module, next_functions) < 0) return false;
   ValueReadType.tp_name = "nnsight_fast._native.ValueRead";
   ValueReadType.tp_basicsize = sizeof(ValueReadObject);
   ValueReadType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;

@@ -4,6 +4,7 @@
 //   value = read_at(mediator, location, path)                   // ... at the call `path` is at now
 //   class ValueAccess:
 //       output = _native.ValueRead("_output_location", getter, setter)
+//       next = _native.place_next             // place.next(step=1): the running body's `_offsets`
 //
 // The Mediator (python/nnsight_fast/mediator.py) owns its state as plain attributes;
 // this file reads and writes them: iteration, _offsets, _bases, _last, requests_made,
@@ -22,7 +23,8 @@ class Handoff;
 // The Handoff of a Python handoff object (bindings.cpp), or nullptr with an error set.
 Handoff* handoff_of(PyObject* object);
 
-// Readies the ValueRead type and adds it to `module`; interns the attribute names.
+// Readies the ValueRead type and adds it and place_next/set_next_fallback to `module`;
+// interns the attribute names.
 bool add_value_read_type(PyObject* module);
 
 // Mediator.request: the value at (location, occurrence) for `mediator`'s body; parks until

@@ -95,6 +95,11 @@ def test_output_outside_a_trace(setup, clean):
         model.fc1.output
     with pytest.raises(ValueError, match="outside of interleaving"):
         model.fc1.output = 1
+    with pytest.raises(ValueError, match=r"Cannot access `model.fc1.next` outside of interleaving"):
+        model.fc1.next(step=2)
+    with pytest.raises(TypeError, match=r"next\(step=1\)"):
+        with model.trace(x):
+            model.fc1.next(stride=2)
     clean(model, x, expected)
 
 

@@ -105,6 +105,9 @@ def test_module_called_twice(device):
         second = model.shared.next().output.save()
     assert torch.allclose(first, net.shared(x))
     assert torch.allclose(second, net.shared(torch.tanh(net.shared(x))))
+    with model.trace(x):  # the step as a keyword, counted from the body's start
+        again = model.shared.next(step=1).output.save()
+    assert torch.equal(again, second)
 
 
 def test_edit_second_call_of_a_module(device):

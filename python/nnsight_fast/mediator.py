@@ -51,7 +51,7 @@ class Mediator:
     _worker = None
     _deferred: list | None = None  # actions to run before the body's turn ends (defer())
     _bases: list | None = None  # per location: visits made before this body joined (join_now())
-    _offsets: dict | None = None  # path -> calls further on (envoy.next())
+    _offsets: dict | None = None  # path -> calls further on (envoy.next(), in C: csrc/body_request.cpp)
     loops: list | tuple = ()  # the Iterations loops this body is inside, innermost last
     _nested_sources: dict | None = None  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
 
@@ -225,13 +225,6 @@ class Mediator:
         self.iteration = step
         self._offsets = None
 
-    def advance(self, path: str, step: int) -> None:
-        """Later requests for `path` refer to the call `step` calls further on."""
-        offsets = self._offsets
-        if offsets is None:
-            offsets = self._offsets = {}
-        offsets[path] = offsets.get(path, 0) + step
-
     def enter_loop(self, loop) -> None:
         """The body enters a `tracer.iter` loop (innermost last): the run's end can end it."""
         if not self.loops:
@@ -303,7 +296,3 @@ def skip(location: int, path: str, value: Any) -> None:
     mediator = _require_mediator(path, "skip")
     mediator.skip(location, mediator.occurrence_of(path), value)
 
-
-def advance(path: str, step: int) -> None:
-    """Moves the current invoke's view of the module at `path` `step` calls forward."""
-    _require_mediator(path, "next").advance(path, step)

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _native
 from . import mediator as _mediator
+from .errors import outside_trace_error
 
 _request = _mediator.request
 
@@ -83,7 +84,13 @@ class ValueAccess:
         """Don't run this at its next call in this trace; `replacement` is its output."""
         _mediator.skip(self._input_location, self.path, replacement)
 
-    def next(self, step: int = 1):
-        """Later values refer to the call `step` calls further on (in this invoke)."""
-        _mediator.advance(self.path, step)
-        return self
+    def _next_outside(self, step: int = 1):
+        """next() where no body runs: the error that says so."""
+        raise outside_trace_error(f"{self.path}.next")
+
+    # next(step=1): later values refer to the call `step` calls further on (in this invoke).
+    # In C (csrc/body_request.cpp): it moves the running body's count for this place.
+    next = _native.place_next
+
+
+_native.set_next_fallback(ValueAccess._next_outside)
