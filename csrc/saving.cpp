@@ -8,6 +8,7 @@ namespace {
 PyObject* g_save_outside = nullptr;  // save(value) where no body runs (Python)
 PyObject* s_tracer = nullptr;        // "tracer"
 PyObject* s_record_save = nullptr;   // "record_save"
+PyObject* s_saves_into = nullptr;    // "saves_into"
 
 PyObject* save(PyObject*, PyObject* value) {
   PyObject* mediator = current_mediator();  // borrowed
@@ -18,6 +19,16 @@ PyObject* save(PyObject*, PyObject* value) {
     }
     return PyObject_CallOneArg(g_save_outside, value);
   }
+  PyObject* into = PyObject_GetAttr(mediator, s_saves_into);  // id(value) -> value, or None
+  if (into == nullptr) return nullptr;
+  if (PyDict_CheckExact(into)) {
+    PyObject* key = PyLong_FromVoidPtr(value);
+    const int stored = key != nullptr ? PyDict_SetItem(into, key, value) : -1;
+    Py_XDECREF(key);
+    Py_DECREF(into);
+    return stored == 0 ? Py_NewRef(value) : nullptr;
+  }
+  Py_DECREF(into);
   PyObject* tracer = PyObject_GetAttr(mediator, s_tracer);
   if (tracer == nullptr) return nullptr;
   PyObject* recorded = PyObject_CallMethodOneArg(tracer, s_record_save, value);
@@ -72,7 +83,8 @@ PyMethodDef functions[] = {
 bool add_saving(PyObject* module) {
   s_tracer = PyUnicode_InternFromString("tracer");
   s_record_save = PyUnicode_InternFromString("record_save");
-  if (s_tracer == nullptr || s_record_save == nullptr) return false;
+  s_saves_into = PyUnicode_InternFromString("saves_into");
+  if (s_tracer == nullptr || s_record_save == nullptr || s_saves_into == nullptr) return false;
   PyObject* function = PyCFunction_New(&save_def, nullptr);
   PyObject* method = function != nullptr ? PyInstanceMethod_New(function) : nullptr;
   const bool ok = method != nullptr && PyModule_AddObject(module, "save", Py_NewRef(function)) == 0 &&

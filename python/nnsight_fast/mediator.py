@@ -54,10 +54,14 @@ class Mediator:
     _offsets: dict | None = None  # path -> calls further on (envoy.next(), in C: csrc/body_request.cpp)
     loops: list | tuple = ()  # the Iterations loops this body is inside, innermost last
     _nested_sources: dict | None = None  # (callee location, occurrence) -> SourceEnvoy of the replaced callee
+    saves_into: dict | None = None  # id(value) -> value: where save() puts values directly (else tracer.record_save)
 
     def __init__(self, tracer: Owner, body, native_trace, rows: tuple[int, int] = (0, -1), *,
-                 threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None):
+                 threaded: bool = False, collects: bool = True, backward_of: "Mediator | None" = None,
+                 saves_into: dict | None = None):
         self.tracer = tracer
+        if saves_into is not None:  # the tracer's saved values, when nothing else must see each save
+            self.saves_into = saves_into
         self.native_trace = native_trace
         self.collects = collects  # False for a persistent edit: its variables are not written back
         self.backward_of = backward_of  # in a backward block: the invoke whose forward values it reads

@@ -196,18 +196,23 @@ class Tracer(CapturedBlock):
         native = _native.Trace(target.dispatcher)
         native.set_batch(sum(sizes), len(with_inputs))
         threaded = target.dispatcher.threaded
+        # Saves go straight into self._saved unless a session or an outer trace must see each one
+        saves_into = self._saved if self._session is None and self._outer is None else None
         mediators = self.mediators
         try:
             for edit in target.edits:  # persistent edits run first, over the whole batch
-                mediators.append(Mediator(self, edit.body, native, (0, -1), threaded=threaded, collects=False))
+                mediators.append(Mediator(self, edit.body, native, (0, -1), threaded=threaded, collects=False,
+                                          saves_into=saves_into))
             start = 0
             for invoke, size in zip(with_inputs, sizes):  # each input invoke owns its rows
-                mediators.append(Mediator(self, invoke.body, native, (start, size), threaded=threaded))
+                mediators.append(Mediator(self, invoke.body, native, (start, size), threaded=threaded,
+                                          saves_into=saves_into))
                 start += size
             if len(with_inputs) < len(invokes):
                 for invoke in invokes:
                     if invoke.inputs is None:  # no input: the whole batch
-                        mediators.append(Mediator(self, invoke.body, native, (0, -1), threaded=threaded))
+                        mediators.append(Mediator(self, invoke.body, native, (0, -1), threaded=threaded,
+                                                  saves_into=saves_into))
             self._interleave(native, args, kwargs)
         finally:
             self.mediators = []
