@@ -218,6 +218,14 @@ PyObject* trace_serve(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return serve_location(&trace->state, static_cast<int>(location), occurrence, args[1], nullptr);
 }
 
+PyObject* trace_parked(PyObject* self, void*) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr) return nullptr;
+  long parked = 0;
+  for (int i = 0; i < trace->state.mediator_count(); ++i) parked += trace->state.mediator(i).handoff->busy() ? 1 : 0;
+  return PyLong_FromLong(parked);
+}
+
 PyObject* handoff_start(PyObject* self, PyObject* job) {
   Handoff* handoff = as_handoff(self);
   if (handoff == nullptr) return nullptr;
@@ -254,6 +262,9 @@ PyMethodDef handoff_methods[] = {
     {"start", handoff_start, METH_O, "start(job): runs job() until the body parks or ends; True when it failed."},
     {"cancel", handoff_cancel, METH_NOARGS, "Makes the parked body's wait raise Cancelled; returns when it parks or ends."},
     {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef trace_parked_getset = {"parked", trace_parked, nullptr,
+                                   "How many of this trace's bodies are parked (have not ended).", nullptr};
 
 PyGetSetDef handoff_busy_getset = {"busy", handoff_busy, nullptr, "True while the body is parked (it has not ended).",
                                    nullptr};
@@ -382,6 +393,7 @@ PYBIND11_MODULE(_native, m) {
           "Calls fn() with this trace active on the calling thread (an Envoy called with hook=True).");
   g_trace_type = reinterpret_cast<PyTypeObject*>(trace_class.ptr());
   add_raw_methods(trace_class, trace_methods);
+  add_raw_getter(trace_class, &trace_parked_getset);
 
   m.def("has_active_trace", [] { return active_trace() != nullptr; },
         "True when this thread is running a trace.");

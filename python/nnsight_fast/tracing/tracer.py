@@ -51,6 +51,10 @@ class Tracer(CapturedBlock):
 
     running = False
     _native = None
+    # Made on first use (most traces have none)
+    _warnings: list[str] | tuple = ()
+    _caches: list | tuple = ()  # tracer.cache() requests
+    _cache_records: list | tuple = ()  # (CacheDict, [(path, kind, sink)]) once registered
 
     def __init__(self, model: "Envoy", target: "TraceTarget", args: tuple, kwargs: dict):
         self.model = model  # the root Envoy, as the user knows it
@@ -63,9 +67,6 @@ class Tracer(CapturedBlock):
         self._saved: dict[int, Any] = {}
         self._namespaces: list[dict] = []
         self.mediators: list[Mediator] = []
-        self._warnings: list[str] = []
-        self._caches: list = []  # tracer.cache() requests
-        self._cache_records: list = []  # (CacheDict, [(path, kind, sink)]) once registered
 
     @functools.cached_property
     def shared_variables(self) -> dict[str, Any]:
@@ -137,7 +138,7 @@ class Tracer(CapturedBlock):
                            for e in envoys for kind in kinds],
                    torch.device(device) if device is not None else None, dtype, detach,
                    mediator.index if mediator is not None else -1)
-        self._caches.append(request)
+        self._caches = [*self._caches, request]
         if self._native is not None:
             self._register_cache(request)
         self.record_save(cache)
@@ -150,7 +151,7 @@ class Tracer(CapturedBlock):
             sink: list = []
             self._native.add_cache_observer(location, sink, detach, device, dtype, mediator_index)
             records.append((path, kind, sink))
-        self._cache_records.append((cache, records))
+        self._cache_records = [*self._cache_records, (cache, records)]
 
     def barrier(self, participants: int) -> Barrier:
         """A point that `participants` invokes reach together (see tracing/barrier.py)."""
@@ -240,9 +241,11 @@ class Tracer(CapturedBlock):
                     raise Abort()
                 native.resume_released()
             result = self._call_model(args, kwargs)
-            self._end_loops()  # before the result is served: the code after a loop may ask for it
+            if native.parked:
+                self._end_loops()  # before the result is served: the code after a loop may ask for it
             native.serve(self.target.result_location, result)
-            self._end_unserved_requests()
+            if native.parked:
+                self._end_unserved_requests()
         except Abort:
             pass
         except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
@@ -251,17 +254,18 @@ class Tracer(CapturedBlock):
             self.running = False
             self._native = None
             native.deactivate()
-            for mediator in mediators:
-                if mediator.busy:
-                    mediator.cancel()
+            if native.parked:
+                for mediator in mediators:
+                    if mediator.busy:
+                        mediator.cancel()
         if self._cache_records:
             for cache, records in self._cache_records:
                 cache._fill(records)
-            self._cache_records.clear()
+            self._cache_records = ()
         if self._warnings:
             for message in self._warnings:
                 warnings.warn(message, UserWarning, stacklevel=4)
-            self._warnings.clear()
+            self._warnings = ()
         for mediator in mediators:
             failure = mediator.error
             if failure is None:
@@ -284,7 +288,7 @@ class Tracer(CapturedBlock):
         code after them runs (it may still ask for what comes after the steps)."""
         for mediator in self.mediators:
             if mediator.loops:
-                self._warnings += mediator.end_loops(self.target.input_location)
+                self._warnings = [*self._warnings, *mediator.end_loops(self.target.input_location)]
 
     def _end_unserved_requests(self) -> None:
         """The run is over: a request still parked will never be served (OutOfOrderError)."""
