@@ -32,7 +32,9 @@ namespace {
 // A TraceState plus what Python needs around it: the handoffs it serves (kept alive
 // here) and the trace that was active before it on this thread.
 struct Trace {
-  explicit Trace(Dispatcher* dispatcher) : state(dispatcher) {}
+  explicit Trace(py::object dispatcher_object)
+      : dispatcher(std::move(dispatcher_object)), state(dispatcher.cast<Dispatcher*>()) {}
+  py::object dispatcher;  // kept alive while the trace lives (its state points into it)
   TraceState state;
   std::vector<py::object> handoffs;
   std::vector<py::object> sinks;
@@ -347,7 +349,7 @@ PYBIND11_MODULE(_native, m) {
            [](ThreadHandoff& h, bool failed) { return steal_or_throw(h.finish_and_next(failed)); });
 
   py::class_<Trace> trace_class(m, "Trace");
-  trace_class.def(py::init<Dispatcher*>(), py::keep_alive<1, 2>())
+  trace_class.def(py::init<py::object>())
       .def("visits", [](Trace& t, int location) { return t.state.visits(location); })
       .def(
           "visit_counts",
