@@ -20,6 +20,7 @@
 #include "body_capture.h"
 #include "body_job.h"
 #include "saving.h"
+#include "fall_through.h"
 #include "greenlet_handoff.h"
 #include "thread_handoff.h"
 #include "save_mount.h"
@@ -299,7 +300,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !add_saving(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !add_saving(m.ptr()) || !add_fall_through_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

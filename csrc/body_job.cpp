@@ -45,10 +45,9 @@ PyObject* mediator_job(PyObject*, PyObject* mediator) {
   }
   set_current_mediator(nullptr);
   bool ok = PyObject_SetAttr(mediator, s_deferred, Py_None) == 0;
-  if (ok && PyObject_DelAttr(mediator, s_last) < 0) {  // back to the class default: no value kept
-    ok = PyErr_ExceptionMatches(PyExc_AttributeError);
-    if (ok) PyErr_Clear();
-  }
+  PyObject* no_value = ok ? PyObject_GetAttr(reinterpret_cast<PyObject*>(Py_TYPE(mediator)), s_last) : nullptr;
+  ok = no_value != nullptr && PyObject_SetAttr(mediator, s_last, no_value) == 0;  // the class default: none kept
+  Py_XDECREF(no_value);
   if (ok && failed) ok = PyObject_SetAttr(mediator, s_error, value) == 0;
   Py_XDECREF(type);
   Py_XDECREF(value);

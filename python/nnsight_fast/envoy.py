@@ -41,7 +41,7 @@ def _hooked_call(envoy: "Envoy", *args: Any, hook: bool = False, **kwargs: Any) 
     return mediator.native_trace.run_here(lambda: envoy._module(*args, **kwargs))
 
 
-class Envoy(ValueAccess):
+class Envoy(ValueAccess, _native.FallThrough):
     """A module of the wrapped model, with its values in a trace.
 
     envoy = model.transformer.h[0]          # Envoys mirror the module tree
@@ -184,7 +184,8 @@ class Envoy(ValueAccess):
         """The devices of all the module's parameters."""
         return {p.device for p in self._module.parameters()}
 
-    def __getattr__(self, name: str) -> Any:
+    def _missing_attribute(self, name: str) -> Any:
+        """An attribute found nowhere on the Envoy: the module's (FallThrough, csrc/fall_through.cpp)."""
         module = self.__dict__.get("_module")
         if module is None:
             raise AttributeError(name)
