@@ -269,8 +269,15 @@ PyMethodDef handoff_methods[] = {
 PyGetSetDef trace_parked_getset = {"parked", trace_parked, nullptr,
                                    "How many of this trace's bodies are parked (have not ended).", nullptr};
 
+PyObject* handoff_requests_made(PyObject* self, void*) {
+  Handoff* handoff = as_handoff(self);
+  return handoff != nullptr ? PyLong_FromLongLong(handoff->requests_made()) : nullptr;
+}
+
 PyGetSetDef handoff_busy_getset = {"busy", handoff_busy, nullptr, "True while the body is parked (it has not ended).",
                                    nullptr};
+PyGetSetDef handoff_requests_made_getset = {"requests_made", handoff_requests_made, nullptr,
+                                            "How many values the attached body has asked for.", nullptr};
 
 // Installs plain CPython methods on a pybind11 class (replacing any of the same name).
 void add_raw_methods(py::handle cls, PyMethodDef* methods) {
@@ -338,6 +345,7 @@ PYBIND11_MODULE(_native, m) {
       .def("set_skip", [](Handoff& h, py::object value) { h.set_skip(value.ptr()); });
   add_raw_methods(handoff_class, handoff_methods);
   add_raw_getter(handoff_class, &handoff_busy_getset);
+  add_raw_getter(handoff_class, &handoff_requests_made_getset);
   py::class_<GreenletHandoff, Handoff> greenlet_handoff(m, "GreenletHandoff",
                                                        "A body as a greenlet on the model's thread.");
   greenlet_handoff.def(py::init<>());

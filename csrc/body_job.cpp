@@ -1,5 +1,6 @@
 #include "body_job.h"
 
+#include "body_request.h"
 #include "handoff.h"
 #include "method_function.h"
 
@@ -12,7 +13,7 @@ PyObject* s_run = nullptr;           // "run"
 PyObject* s_deferred = nullptr;      // "_deferred"
 PyObject* s_run_deferred = nullptr;  // "_run_deferred"
 PyObject* s_error = nullptr;         // "error"
-PyObject* s_last = nullptr;          // "_last"
+PyObject* s_handoff = nullptr;       // "_handoff"
 PyObject* s_namespace = nullptr;     // "_namespace"
 
 // Runs the body and its deferred actions; nullptr with the error set when either failed.
@@ -45,9 +46,11 @@ PyObject* mediator_job(PyObject*, PyObject* mediator) {
   }
   set_current_mediator(nullptr);
   bool ok = PyObject_SetAttr(mediator, s_deferred, Py_None) == 0;
-  PyObject* no_value = ok ? PyObject_GetAttr(reinterpret_cast<PyObject*>(Py_TYPE(mediator)), s_last) : nullptr;
-  ok = no_value != nullptr && PyObject_SetAttr(mediator, s_last, no_value) == 0;  // the class default: none kept
-  Py_XDECREF(no_value);
+  PyObject* handoff_object = ok ? PyObject_GetAttr(mediator, s_handoff) : nullptr;
+  Handoff* handoff = handoff_object != nullptr ? handoff_of(handoff_object) : nullptr;
+  if (handoff != nullptr) handoff->forget_last();  // no served value kept past the body
+  ok = handoff != nullptr;
+  Py_XDECREF(handoff_object);
   if (ok && failed) ok = PyObject_SetAttr(mediator, s_error, value) == 0;
   Py_XDECREF(type);
   Py_XDECREF(value);
@@ -80,7 +83,7 @@ bool add_body_job(PyObject* module) {
     const char* text;
   } names[] = {{&s_body, "_body"},         {&s_collect, "_collect"}, {&s_run, "run"},
                {&s_deferred, "_deferred"}, {&s_run_deferred, "_run_deferred"},
-               {&s_error, "error"},        {&s_last, "_last"},       {&s_namespace, "_namespace"}};
+               {&s_error, "error"},        {&s_handoff, "_handoff"},       {&s_namespace, "_namespace"}};
   for (const Name& name : names) {
     *name.slot = PyUnicode_InternFromString(name.text);
     if (*name.slot == nullptr) return false;

@@ -12,8 +12,6 @@ namespace {
 PyObject* s_iteration = nullptr;
 PyObject* s_offsets = nullptr;
 PyObject* s_bases = nullptr;
-PyObject* s_last = nullptr;
-PyObject* s_requests_made = nullptr;
 PyObject* s_deferred = nullptr;
 PyObject* s_run_deferred = nullptr;
 PyObject* s_raise_pending_error = nullptr;
@@ -30,8 +28,7 @@ bool intern_all() {
     const char* text;
   };
   const Name names[] = {{&s_iteration, "iteration"},       {&s_offsets, "_offsets"},
-                        {&s_bases, "_bases"},              {&s_last, "_last"},
-                        {&s_requests_made, "requests_made"}, {&s_deferred, "_deferred"},
+                        {&s_bases, "_bases"},              {&s_deferred, "_deferred"},
                         {&s_run_deferred, "_run_deferred"}, {&s_raise_pending_error, "_raise_pending_error"},
                         {&s_history, "history"},           {&s_handoff, "_handoff"},
                         {&s_backward_of, "backward_of"},   {&s_path, "path"},
@@ -59,23 +56,18 @@ bool call_method(PyObject* mediator, PyObject* name) {
   return result != nullptr;
 }
 
-// The served value's bookkeeping: the last value (asked again at the same place, it is
-// not waited for twice) and, while grad mode is on, the history backward blocks read.
-bool remember(PyObject* mediator, int location, int64_t occurrence, PyObject* value) {
+// What backward blocks read: while grad mode is on, the value served at (location, occurrence).
+bool remember_for_backward(PyObject* mediator, int location, int64_t occurrence, PyObject* value) {
+  if (!c10::GradMode::is_enabled()) return true;  // only a run that builds a graph can have backward blocks
   PyObject* where = PyLong_FromLong(location);
   PyObject* when = where != nullptr ? PyLong_FromLongLong(occurrence) : nullptr;
   PyObject* key = when != nullptr ? PyTuple_Pack(2, where, when) : nullptr;
-  PyObject* last = key != nullptr ? PyTuple_Pack(3, where, when, value) : nullptr;
   Py_XDECREF(where);
   Py_XDECREF(when);
-  bool ok = last != nullptr && PyObject_SetAttr(mediator, s_last, last) == 0;
-  Py_XDECREF(last);
   if (key == nullptr) return false;
-  if (ok && c10::GradMode::is_enabled()) {  // only a run that builds a graph can have backward blocks
-    PyObject* history = PyObject_GetAttr(mediator, s_history);
-    ok = history != nullptr && PyObject_SetItem(history, key, value) == 0;
-    Py_XDECREF(history);
-  }
+  PyObject* history = PyObject_GetAttr(mediator, s_history);
+  const bool ok = history != nullptr && PyObject_SetItem(history, key, value) == 0;
+  Py_XDECREF(history);
   Py_DECREF(key);
   return ok;
 }
@@ -199,6 +191,34 @@ int64_t occurrence_of(PyObject* mediator, PyObject* path) {
   return iteration + offset;
 }
 
+namespace {
+
+PyObject* request_through(PyObject* mediator, PyObject* handoff_object, int location, int64_t occurrence) {
+  Handoff* handoff = handoff_of(handoff_object);
+  if (handoff == nullptr) return nullptr;
+  if (PyObject* last = handoff->last_value(location, occurrence)) return Py_NewRef(last);
+  handoff->count_request();
+
+  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);  // actions before the body's turn ends
+  if (deferred == nullptr) return nullptr;
+  const bool has_deferred = deferred != Py_None;
+  Py_DECREF(deferred);
+  if (has_deferred && !call_method(mediator, s_run_deferred)) return nullptr;
+
+  PyObject* value = handoff->request(location, occurrence);
+  if (value == nullptr) {
+    return PyErr_ExceptionMatches(cancelled_type()) ? cancelled(mediator) : nullptr;
+  }
+  handoff->remember_last(location, occurrence, value);
+  if (!remember_for_backward(mediator, location, occurrence, value)) {
+    Py_DECREF(value);
+    return nullptr;
+  }
+  return value;
+}
+
+}  // namespace
+
 PyObject* mediator_request(PyObject* mediator, int location, int64_t occurrence) {
   PyObject* bases = PyObject_GetAttr(mediator, s_bases);  // visits before a late-joining body joined
   if (bases == nullptr) return nullptr;
@@ -208,43 +228,10 @@ PyObject* mediator_request(PyObject* mediator, int location, int64_t occurrence)
   Py_DECREF(bases);
   if (PyErr_Occurred()) return nullptr;
 
-  PyObject* last = PyObject_GetAttr(mediator, s_last);  // (location, occurrence, value)
-  if (last == nullptr) return nullptr;
-  if (PyTuple_Check(last) && PyTuple_GET_SIZE(last) == 3 && PyLong_AsLong(PyTuple_GET_ITEM(last, 0)) == location &&
-      PyLong_AsLongLong(PyTuple_GET_ITEM(last, 1)) == occurrence) {
-    PyObject* value = Py_NewRef(PyTuple_GET_ITEM(last, 2));
-    Py_DECREF(last);
-    return value;
-  }
-  Py_DECREF(last);
-
-  const int64_t made = int_attribute(mediator, s_requests_made);
-  if (made == -1 && PyErr_Occurred()) return nullptr;
-  PyObject* count = PyLong_FromLongLong(made + 1);
-  if (count == nullptr || PyObject_SetAttr(mediator, s_requests_made, count) < 0) {
-    Py_XDECREF(count);
-    return nullptr;
-  }
-  Py_DECREF(count);
-
-  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);  // actions before the body's turn ends
-  if (deferred == nullptr) return nullptr;
-  const bool has_deferred = deferred != Py_None;
-  Py_DECREF(deferred);
-  if (has_deferred && !call_method(mediator, s_run_deferred)) return nullptr;
-
   PyObject* handoff_object = PyObject_GetAttr(mediator, s_handoff);
   if (handoff_object == nullptr) return nullptr;
-  Handoff* handoff = handoff_of(handoff_object);
-  PyObject* value = handoff != nullptr ? handoff->request(location, occurrence) : nullptr;
+  PyObject* value = request_through(mediator, handoff_object, location, occurrence);
   Py_DECREF(handoff_object);
-  if (value == nullptr) {
-    return PyErr_ExceptionMatches(cancelled_type()) ? cancelled(mediator) : nullptr;
-  }
-  if (!remember(mediator, location, occurrence, value)) {
-    Py_DECREF(value);
-    return nullptr;
-  }
   return value;
 }
 

@@ -1,15 +1,15 @@
 // The body's side of a request, in C: what `envoy.output` does in a trace body.
 //
 //   value = mediator_request(mediator, location, occurrence)   // Mediator.request(location, occurrence)
-//   value = read_at(mediator, location, path)                   // ... at the call `path` is at now
 //   class ValueAccess:
 //       output = _native.ValueRead("_output_location", getter, setter)
 //       next = _native.place_next             // place.next(step=1): the running body's `_offsets`
 //
 // The Mediator (python/nnsight_fast/mediator.py) owns its state as plain attributes;
-// this file reads and writes them: iteration, _offsets, _bases, _last, requests_made,
-// _deferred, history, _handoff. Routing the rare cases (no body, a backward block, an
-// Envoy without the location attribute) to Python is `ValueRead`'s `getter`.
+// this file reads and writes them: iteration, _offsets, _bases, _deferred, history,
+// _handoff; the last value served and the count of requests live in the body's Handoff.
+// Routing the rare cases (no body, a backward block, an Envoy without the location
+// attribute) to Python is `ValueRead`'s `getter`.
 #pragma once
 
 #include <Python.h>

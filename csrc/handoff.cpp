@@ -24,6 +24,7 @@ Handoff::~Handoff() {
   set_busy(false);
   Py_CLEAR(swap_);
   Py_CLEAR(skip_);
+  Py_CLEAR(last_value_);
 }
 
 void set_request_error_types(PyObject* cancelled, PyObject* out_of_order) {

@@ -54,11 +54,32 @@ class Handoff {
   // to: parks there until the model serves it (new reference). nullptr with an error
   // set: OutOfOrderError when the model already ran past it, or the park's error.
   PyObject* request(int location, int64_t occurrence);
-  // The trace and mediator index this body is attached to (Trace.add_mediator).
+  // The trace and mediator index this body is attached to (Trace.add_mediator); a new
+  // body's bookkeeping starts empty.
   void attach(TraceState* trace, int index) {
     trace_ = trace;
     index_ = index;
+    requests_made_ = 0;
+    forget_last();
   }
+
+  // ---- the body's bookkeeping (Mediator.request, csrc/body_request.cpp) ----
+  // The value served last if it was at (location, occurrence), else nullptr (borrowed):
+  // asked again at the same place, it is not waited for twice.
+  PyObject* last_value(int location, int64_t occurrence) const {
+    return last_value_ != nullptr && last_location_ == location && last_occurrence_ == occurrence ? last_value_
+                                                                                                  : nullptr;
+  }
+  void remember_last(int location, int64_t occurrence, PyObject* value) {
+    last_location_ = location;
+    last_occurrence_ = occurrence;
+    Py_XINCREF(value);
+    Py_XSETREF(last_value_, value);
+  }
+  void forget_last() { Py_CLEAR(last_value_); }
+  // How many values the body has asked for (those not served again from the last one).
+  int64_t requests_made() const { return requests_made_; }
+  void count_request() { ++requests_made_; }
   // The request the body is parked on, if any: (location, occurrence); location -1: none.
   int waiting_location() const { return waiting_location_; }
   int64_t waiting_occurrence() const { return waiting_occurrence_; }
@@ -66,9 +87,12 @@ class Handoff {
   // Written by the body during its turn, taken by the model side (owned references).
   PyObject* take_swap() { return std::exchange(swap_, nullptr); }
   PyObject* take_skip() { return std::exchange(skip_, nullptr); }
+  // The body assigned `value` to the place it asked last: the model takes it there, and a
+  // read of that place again gives it.
   void set_swap(PyObject* value) {
     Py_XINCREF(value);
     Py_XSETREF(swap_, value);
+    if (last_value_ != nullptr) remember_last(last_location_, last_occurrence_, value);
   }
   void set_skip(PyObject* value) {
     Py_XINCREF(value);
@@ -88,6 +112,10 @@ class Handoff {
   int64_t waiting_occurrence_ = -1;
   PyObject* swap_ = nullptr;
   PyObject* skip_ = nullptr;
+  int last_location_ = -1;
+  int64_t last_occurrence_ = -1;
+  PyObject* last_value_ = nullptr;
+  int64_t requests_made_ = 0;
 };
 
 // The exceptions a body's request raises (set from Python): when the trace ends before

@@ -42,12 +42,10 @@ class Mediator:
 
     # What most bodies never change (set on the instance when they do)
     iteration = 0  # the step requests bind to (generation)
-    requests_made = 0
     at_barrier = None  # the Barrier this body waits at
     error: BaseException | None = None
     _pending_error: BaseException | None = None
     _namespace: dict | None = None
-    _last: tuple[int, int, Any] = (-1, -1, None)  # the value served last
     _worker = None
     _deferred: list | None = None  # actions to run before the body's turn ends (defer())
     _bases: list | None = None  # per location: visits made before this body joined (join_now())
@@ -119,6 +117,11 @@ class Mediator:
     # _collect(namespace) keeps the body's locals when it ends.
     _job = _native.mediator_job
     _collect = _native.keep_namespace
+
+    @property
+    def requests_made(self) -> int:
+        """How many values the body has asked for so far."""
+        return self._handoff.requests_made
 
     def occurrence_of(self, path: str) -> int:
         """Which call of the module at `path` this body's next request binds to."""
@@ -215,8 +218,7 @@ class Mediator:
     def assign(self, location: int, occurrence: int, value: Any) -> None:
         """Replaces the value at (location, occurrence) with `value` once the model gets there."""
         self.request(location, occurrence)
-        self._last = (*self._last[:2], value)  # the occurrence as request() counted it
-        self._handoff.set_swap(value)
+        self._handoff.set_swap(value)  # also what a read of that place again gives
 
     def skip(self, location: int, occurrence: int, value: Any) -> None:
         """Skips the module whose input location is `location` at that call; its output is `value`."""
