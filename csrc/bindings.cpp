@@ -18,6 +18,8 @@
 #include "gate.h"
 #include "module_call.h"
 #include "body_capture.h"
+#include "captured_body.h"
+#include "frame_write_back.h"
 #include "body_job.h"
 #include "saving.h"
 #include "fall_through.h"
@@ -307,7 +309,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "nnsight_fast native core: gates, dispatcher, mediator handoff, batching";
   m.attr("TORCH_VERSION") = NNSIGHT_FAST_TORCH_VERSION;
 
-  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_body_job(m.ptr()) || !add_saving(m.ptr()) || !add_fall_through_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
+  if (!add_gate_type(m.ptr()) || !add_module_call_type(m.ptr()) || !add_value_read_type(m.ptr()) || !add_captured_body_type(m.ptr()) || !add_body_capture(m.ptr()) || !add_frame_write_back(m.ptr()) || !add_body_job(m.ptr()) || !add_saving(m.ptr()) || !add_fall_through_type(m.ptr()) || !init_greenlet_handoff() || PyModule_AddFunctions(m.ptr(), raw_functions) < 0)
     throw py::error_already_set();
 
   py::class_<Dispatcher>(m, "Dispatcher")

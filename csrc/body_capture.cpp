@@ -1,5 +1,6 @@
 #include "body_capture.h"
 
+#include "captured_body.h"
 #include "method_function.h"
 
 #include <frameobject.h>
@@ -20,7 +21,6 @@ PyObject* s_capture = nullptr;     // "_capture"
 PyObject* s_entered = nullptr;     // "entered"
 PyObject* s_run_block = nullptr;   // "run_block"
 PyObject* g_skip_error = nullptr;  // SkipBody
-PyObject* g_loop_end = nullptr;    // LoopEnd, the body function's second parameter
 int g_nop = -1;                    // the NOP opcode (dis.opmap["NOP"])
 
 // One `with` statement as a code object and the line of its header: what begin_capture
@@ -47,92 +47,6 @@ struct SiteKeyHash {
 };
 
 std::unordered_map<SiteKey, Site, SiteKeyHash>* g_sites = nullptr;
-
-// ---- CapturedBody ----
-
-struct BodyObject {
-  PyObject_HEAD
-  PyObject* function;   // __traced_block__(collect, LoopEnd, *arguments)
-  PyObject* arguments;  // tuple: the caller's values of the names the body reads
-  PyObject* frame;      // the caller's frame (None for a body made elsewhere)
-};
-
-PyTypeObject BodyType = {PyVarObject_HEAD_INIT(nullptr, 0)};
-
-PyObject* new_body(PyObject* function, PyObject* arguments, PyObject* frame) {
-  auto* body = PyObject_GC_New(BodyObject, &BodyType);
-  if (body == nullptr) return nullptr;
-  body->function = Py_NewRef(function);
-  body->arguments = Py_NewRef(arguments);
-  body->frame = Py_NewRef(frame);
-  PyObject_GC_Track(body);
-  return reinterpret_cast<PyObject*>(body);
-}
-
-PyObject* body_new(PyTypeObject*, PyObject* args, PyObject* kwargs) {
-  static const char* keywords[] = {"function", "arguments", "frame", nullptr};
-  PyObject* function = nullptr;
-  PyObject* arguments = nullptr;
-  PyObject* frame = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!|O:CapturedBody", const_cast<char**>(keywords), &function,
-                                   &PyTuple_Type, &arguments, &frame))
-    return nullptr;
-  return new_body(function, arguments, frame);
-}
-
-// body.run(collect): the body's function called as function(collect, LoopEnd, *arguments);
-// `collect` receives the body's locals when it ends, however it ends.
-PyObject* body_run(PyObject* self, PyObject* collect) {
-  auto* body = reinterpret_cast<BodyObject*>(self);
-  const Py_ssize_t count = PyTuple_GET_SIZE(body->arguments);
-  constexpr Py_ssize_t kInline = 16;
-  PyObject* inline_args[kInline + 3];
-  PyObject** args = inline_args;
-  if (count > kInline) {
-    args = PyMem_New(PyObject*, count + 3);
-    if (args == nullptr) return PyErr_NoMemory();
-  }
-  args[1] = collect;
-  args[2] = g_loop_end;
-  for (Py_ssize_t i = 0; i < count; ++i) args[3 + i] = PyTuple_GET_ITEM(body->arguments, i);
-  PyObject* result =
-      PyObject_Vectorcall(body->function, args + 1, static_cast<size_t>(count + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                          nullptr);
-  if (args != inline_args) PyMem_Free(args);
-  return result;
-}
-
-int body_traverse(PyObject* self, visitproc visit, void* arg) {
-  auto* body = reinterpret_cast<BodyObject*>(self);
-  Py_VISIT(body->function);
-  Py_VISIT(body->arguments);
-  Py_VISIT(body->frame);
-  return 0;
-}
-
-int body_clear(PyObject* self) {
-  auto* body = reinterpret_cast<BodyObject*>(self);
-  Py_CLEAR(body->function);
-  Py_CLEAR(body->arguments);
-  Py_CLEAR(body->frame);
-  return 0;
-}
-
-void body_dealloc(PyObject* self) {
-  PyObject_GC_UnTrack(self);
-  body_clear(self);
-  Py_TYPE(self)->tp_free(self);
-}
-
-PyMethodDef body_methods[] = {
-    {"run", body_run, METH_O, "run(collect): runs the body; collect(locals) when it ends, however it ends."},
-    {nullptr, nullptr, 0, nullptr}};
-
-PyMemberDef body_members[] = {
-    {"function", T_OBJECT, offsetof(BodyObject, function), READONLY, "The compiled body: (collect, LoopEnd, *arguments)"},
-    {"arguments", T_OBJECT, offsetof(BodyObject, arguments), READONLY, "The values of the names it reads"},
-    {"frame", T_OBJECT, offsetof(BodyObject, frame), READONLY, "The frame of the `with` statement (or None)"},
-    {nullptr, 0, 0, 0, nullptr}};
 
 // ---- Capture ----
 
@@ -417,7 +331,7 @@ PyObject* capture_compile(PyObject* self, PyObject*) {
     Py_DECREF(code);
     if (optimized && PyDict_CheckExact(names)) PyDict_Clear(names);
   }
-  result = new_body(function, arguments, reinterpret_cast<PyObject*>(frame));
+  result = new_captured_body(function, arguments, reinterpret_cast<PyObject*>(frame));
 done:
   Py_XDECREF(names);
   Py_XDECREF(globals);
@@ -558,51 +472,11 @@ PyObject* configure_capture(PyObject*, PyObject* args) {
   Py_XSETREF(g_default_entered, Py_NewRef(default_entered));
   Py_XSETREF(g_find_site, Py_NewRef(find_site));
   Py_XSETREF(g_skip_error, Py_NewRef(skip_error));
-  Py_XSETREF(g_loop_end, Py_NewRef(loop_end));
-  Py_RETURN_NONE;
-}
-
-// write_back(frame, values): assigns `values` (a dict) to variables of a running frame
-// (the caller of a trace): a module's or class's namespace directly; a function's
-// variables through its f_locals snapshot, which is emptied afterwards (it would hold
-// what the variables held until something reads f_locals again).
-PyObject* write_back(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2 || !PyFrame_Check(args[0]) || !PyDict_Check(args[1])) {
-    PyErr_SetString(PyExc_TypeError, "write_back(frame, values: dict)");
-    return nullptr;
-  }
-  if (PyDict_GET_SIZE(args[1]) == 0) Py_RETURN_NONE;
-  auto* frame = reinterpret_cast<PyFrameObject*>(args[0]);
-#if PY_VERSION_HEX >= 0x030B0000
-  PyObject* names = PyFrame_GetLocals(frame);
-#else
-  PyObject* names = PyObject_GetAttrString(args[0], "f_locals");
-#endif
-  if (names == nullptr) return nullptr;
-  int status = PyDict_Check(names) ? PyDict_Update(names, args[1]) : -2;
-  if (status == -2) {  // a write-through proxy of the variables (Python 3.13)
-    PyObject* updated = PyObject_CallMethod(names, "update", "O", args[1]);
-    status = updated != nullptr ? 0 : -1;
-    Py_XDECREF(updated);
-  }
-#if PY_VERSION_HEX < 0x030D0000
-  PyCodeObject* code = PyFrame_GetCode(frame);
-  const bool optimized = (code->co_flags & CO_OPTIMIZED) != 0;
-  Py_DECREF(code);
-  if (status == 0 && optimized && PyDict_Check(names)) {
-    PyFrame_LocalsToFast(frame, 0);
-    if (PyErr_Occurred()) status = -1;
-    PyDict_Clear(names);
-  }
-#endif
-  Py_DECREF(names);
-  if (status < 0) return nullptr;
+  set_loop_end(loop_end);
   Py_RETURN_NONE;
 }
 
 PyMethodDef capture_functions[] = {
-    {"write_back", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(write_back)), METH_FASTCALL,
-     "write_back(frame, values): assigns values (a dict) to variables of a running frame."},
     {"configure_capture", configure_capture, METH_VARARGS,
      "configure_capture(find_site, SkipBody, LoopEnd, NOP, drop_context, CapturedBlock.entered): what the "
      "capture uses (capture.py, at import)."},
@@ -634,17 +508,6 @@ bool add_body_capture(PyObject* module) {
   s_run_block = PyUnicode_InternFromString("run_block");
   if (s_capture == nullptr || s_entered == nullptr || s_run_block == nullptr) return false;
 
-  BodyType.tp_name = "nnsight_fast._native.CapturedBody";
-  BodyType.tp_basicsize = sizeof(BodyObject);
-  BodyType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
-  BodyType.tp_doc = "CapturedBody(function, arguments, frame=None): a compiled `with` body, bound to its values.";
-  BodyType.tp_new = body_new;
-  BodyType.tp_traverse = body_traverse;
-  BodyType.tp_clear = body_clear;
-  BodyType.tp_dealloc = body_dealloc;
-  BodyType.tp_methods = body_methods;
-  BodyType.tp_members = body_members;
-
   CaptureType.tp_name = "nnsight_fast._native.Capture";
   CaptureType.tp_basicsize = sizeof(CaptureObject);
   CaptureType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
@@ -656,7 +519,7 @@ bool add_body_capture(PyObject* module) {
   CaptureType.tp_methods = capture_methods;
   CaptureType.tp_getset = capture_getset;
 
-  return add_type(module, &BodyType, "CapturedBody") && add_type(module, &CaptureType, "Capture") &&
+  return add_type(module, &CaptureType, "Capture") &&
          PyModule_AddFunctions(module, capture_functions) == 0 && add_method_function(module, &block_enter_def) &&
          add_method_function(module, &block_exit_def);
 }

@@ -1,8 +1,12 @@
 // The capture of a `with` block's body, in C: Python skips the body, we run it ourselves.
 //
-//   _native.configure_capture(find_site, SkipBody, LoopEnd, NOP)   # capture.py, at import
-//   capture = _native.begin_capture(frame)   # __enter__: arms the skip of the body in `frame`
-//   if capture.skipped(kind):                # __exit__: disarms; True when we skipped the body
+//   _native.configure_capture(find_site, SkipBody, LoopEnd, NOP, drop_context, CapturedBlock.entered)
+//   class CapturedBlock:
+//       __enter__ = _native.block_enter      # arms the skip of the body in the calling frame
+//       __exit__ = _native.block_exit        # runs self.run_block(body, capture) outside SkipBody
+//
+//   capture = _native.begin_capture(frame)   # the same by hand: arms the skip of the body in `frame`
+//   if capture.skipped(kind):                # disarms; True when we skipped the body
 //       body = capture.compile()             # CapturedBody(function, arguments, frame)
 //       body.run(collect)                    # function(collect, LoopEnd, *arguments)
 //
@@ -18,7 +22,7 @@
 
 namespace nnsight_fast {
 
-// Readies the Capture and CapturedBody types and the capture functions; adds them to `module`.
+// Readies the Capture type and the capture functions; adds them to `module`.
 bool add_body_capture(PyObject* module);
 
 }  // namespace nnsight_fast
