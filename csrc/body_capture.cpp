@@ -1,7 +1,7 @@
 #include "body_capture.h"
 
 #include "captured_body.h"
-#include "method_function.h"
+#include "module_objects.h"
 
 #include <frameobject.h>
 #include <structmember.h>
@@ -484,15 +484,6 @@ PyMethodDef capture_functions[] = {
      "begin_capture(frame): arms the skip of the `with` body whose header runs in frame; returns the Capture."},
     {nullptr, nullptr, 0, nullptr}};
 
-bool add_type(PyObject* module, PyTypeObject* type, const char* name) {
-  if (PyType_Ready(type) < 0) return false;
-  Py_INCREF(type);
-  if (PyModule_AddObject(module, name, reinterpret_cast<PyObject*>(type)) < 0) {
-    Py_DECREF(type);
-    return false;
-  }
-  return true;
-}
 
 PyMethodDef block_enter_def = {"block_enter", block_enter, METH_O,
                                 "CapturedBlock.__enter__: arms the capture of the calling frame's `with` body."};
@@ -519,7 +510,7 @@ bool add_body_capture(PyObject* module) {
   CaptureType.tp_methods = capture_methods;
   CaptureType.tp_getset = capture_getset;
 
-  return add_type(module, &CaptureType, "Capture") &&
+  return add_type(module, CaptureType, "Capture") &&
          PyModule_AddFunctions(module, capture_functions) == 0 && add_method_function(module, &block_enter_def) &&
          add_method_function(module, &block_exit_def);
 }

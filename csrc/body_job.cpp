@@ -2,7 +2,7 @@
 
 #include "body_request.h"
 #include "handoff.h"
-#include "method_function.h"
+#include "module_objects.h"
 
 namespace nnsight_fast {
 namespace {

@@ -3,7 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include "handoff.h"
-#include "method_function.h"
+#include "module_objects.h"
 
 namespace nnsight_fast {
 namespace {
@@ -306,13 +306,7 @@ bool add_value_read_type(PyObject* module) {
   ValueReadType.tp_clear = value_read_clear;
   ValueReadType.tp_dealloc = value_read_dealloc;
   ValueReadType.tp_getset = value_read_getset;
-  if (PyType_Ready(&ValueReadType) < 0) return false;
-  Py_INCREF(&ValueReadType);
-  if (PyModule_AddObject(module, "ValueRead", reinterpret_cast<PyObject*>(&ValueReadType)) < 0) {
-    Py_DECREF(&ValueReadType);
-    return false;
-  }
-  return true;
+  return add_type(module, ValueReadType, "ValueRead");
 }
 
 }  // namespace nnsight_fast

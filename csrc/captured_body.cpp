@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include "module_objects.h"
 namespace nnsight_fast {
 namespace {
 
@@ -112,13 +113,7 @@ bool add_captured_body_type(PyObject* module) {
   BodyType.tp_dealloc = body_dealloc;
   BodyType.tp_methods = body_methods;
   BodyType.tp_members = body_members;
-  if (PyType_Ready(&BodyType) < 0) return false;
-  Py_INCREF(&BodyType);
-  if (PyModule_AddObject(module, "CapturedBody", reinterpret_cast<PyObject*>(&BodyType)) < 0) {
-    Py_DECREF(&BodyType);
-    return false;
-  }
-  return true;
+  return add_type(module, BodyType, "CapturedBody");
 }
 
 }  // namespace nnsight_fast

@@ -1,5 +1,6 @@
 #include "fall_through.h"
 
+#include "module_objects.h"
 namespace nnsight_fast {
 namespace {
 
@@ -29,13 +30,7 @@ bool add_fall_through_type(PyObject* module) {
   FallThroughType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
   FallThroughType.tp_doc = "A base class whose missing attributes come from self._missing_attribute(name).";
   FallThroughType.tp_getattro = fall_through_getattro;
-  if (PyType_Ready(&FallThroughType) < 0) return false;
-  Py_INCREF(&FallThroughType);
-  if (PyModule_AddObject(module, "FallThrough", reinterpret_cast<PyObject*>(&FallThroughType)) < 0) {
-    Py_DECREF(&FallThroughType);
-    return false;
-  }
-  return true;
+  return add_type(module, FallThroughType, "FallThrough");
 }
 
 }  // namespace nnsight_fast

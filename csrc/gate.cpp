@@ -6,6 +6,7 @@
 
 #include "batch_values.h"
 #include "handoff.h"
+#include "module_objects.h"
 
 namespace nnsight_fast {
 namespace {
@@ -400,11 +401,6 @@ void fill_callable_type(PyTypeObject& type, const char* name, const char* doc) {
   type.tp_dealloc = gate_dealloc;
 }
 
-bool add_type(PyObject* module, PyTypeObject& type, const char* attribute) {
-  if (PyType_Ready(&type) < 0) return false;
-  Py_INCREF(&type);
-  return PyModule_AddObject(module, attribute, reinterpret_cast<PyObject*>(&type)) == 0;
-}
 
 }  // namespace
 

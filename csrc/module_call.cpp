@@ -2,6 +2,7 @@
 
 #include <cstddef>
 
+#include "module_objects.h"
 namespace nnsight_fast {
 namespace {
 
@@ -105,13 +106,7 @@ bool add_module_call_type(PyObject* module) {
   ModuleCallType.tp_clear = module_call_clear;
   ModuleCallType.tp_dealloc = module_call_dealloc;
   ModuleCallType.tp_getset = module_call_getset;
-  if (PyType_Ready(&ModuleCallType) < 0) return false;
-  Py_INCREF(&ModuleCallType);
-  if (PyModule_AddObject(module, "ModuleCall", reinterpret_cast<PyObject*>(&ModuleCallType)) < 0) {
-    Py_DECREF(&ModuleCallType);
-    return false;
-  }
-  return true;
+  return add_type(module, ModuleCallType, "ModuleCall");
 }
 
 }  // namespace nnsight_fast
