@@ -207,6 +207,22 @@ PyObject* trace_deactivate(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+PyObject* trace_reset(PyObject* self, PyObject*) {
+  Trace* trace = as_trace(self);
+  if (trace == nullptr) return nullptr;
+  if (trace->active) {  // a run that failed before its own deactivate
+    set_active_trace(trace->previous);
+    trace->state.dispatcher()->trace_ended(&trace->state);
+    trace->active = false;
+  }
+  trace->previous = nullptr;
+  trace->state.reset();
+  trace->handoffs.clear();
+  trace->sinks.clear();
+  trace->observers.clear();
+  Py_RETURN_NONE;
+}
+
 PyObject* trace_resume_released(PyObject* self, PyObject*) {
   Trace* trace = as_trace(self);
   if (trace == nullptr || !resume_released(&trace->state)) return nullptr;
@@ -258,6 +274,8 @@ PyMethodDef trace_methods[] = {
     {"activate", trace_activate, METH_NOARGS, "Makes this trace the one its model's gates serve on this thread."},
     {"deactivate", trace_deactivate, METH_NOARGS, "Ends activate() (puts back the trace active before)."},
     {"resume_released", trace_resume_released, METH_NOARGS, "Resumes the bodies a barrier released."},
+    {"reset", trace_reset, METH_NOARGS,
+     "Drops what the run held (its bodies' handoffs, cache sinks) and readies the trace for another run."},
     {"serve", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(trace_serve)), METH_FASTCALL,
      "serve(location, value): the model reached a location that is not a module call (e.g. the traced call's "
      "result); returns the value, edited."},

@@ -40,6 +40,20 @@ void* Dispatcher::set_hook(int location, void* hook) {
   return previous;
 }
 
+void TraceState::reset() {
+  std::fill(visit_counts_.begin(), visit_counts_.end(), 0);
+  std::fill(wanted_.begin(), wanted_.end(), 0);
+  parked_.clear();
+  mediators_.clear();
+  released_.clear();
+  observers_.clear();
+  serving_location_ = -1;
+  serving_occurrence_ = -1;
+  batch_size_ = -1;
+  input_invokes_ = 0;
+  failures_abort_ = true;
+}
+
 void TraceState::grow(int location) {
   const size_t size = std::max<size_t>(static_cast<size_t>(location) + 1, dispatcher_->size());
   if (visit_counts_.size() < size) visit_counts_.resize(size, 0);

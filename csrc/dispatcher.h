@@ -170,6 +170,9 @@ class TraceState {
     mediators_[index].row_count = row_count;
   }
   int mediator_count() const { return static_cast<int>(mediators_.size()); }
+  // Back to a new trace's state, keeping the containers' memory (a Trace reused by the
+  // next trace of the same model).
+  void reset();
 
  private:
   void grow(int location);

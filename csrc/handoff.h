@@ -60,6 +60,10 @@ class Handoff {
     trace_ = trace;
     index_ = index;
     requests_made_ = 0;
+    waiting_location_ = -1;
+    waiting_occurrence_ = -1;
+    Py_CLEAR(swap_);  // an edit the last run never took
+    Py_CLEAR(skip_);
     forget_last();
   }
 

@@ -30,6 +30,12 @@ _park, _waiting = _native.park, _native.waiting
 _mediator_request, _occurrence_of = _native.mediator_request, _native.occurrence_of
 
 
+# Finished greenlet handoffs that new mediators take (a pybind11 object costs ~2 k
+# instructions to make and free); shared by the threads, under the GIL.
+_SPARE_HANDOFFS: list = []
+_MAX_SPARE_HANDOFFS = 8
+
+
 class Owner(Protocol):
     """What a mediator asks of the trace it belongs to."""
 
@@ -67,8 +73,11 @@ class Mediator:
         if threaded:
             self._worker = POOL.acquire()
             self._handoff = self._worker.handoff
-        else:
-            self._handoff = _native.GreenletHandoff()
+        else:  # a finished one if there is one (reset when attached): no new native object per trace
+            try:
+                self._handoff = _SPARE_HANDOFFS.pop()  # atomic between threads
+            except IndexError:
+                self._handoff = _native.GreenletHandoff()
         self.index = native_trace.add_mediator(self._handoff, *rows)
         # (location, occurrence) -> value served while grad mode was on, for backward blocks. Under
         # no_grad nothing is kept: each value is freed as soon as the body and the model drop it.
@@ -93,9 +102,10 @@ class Mediator:
         finally:
             self._pending_error = None
 
-    def finish(self) -> dict | None:
+    def finish(self, reuse_handoff: bool = False) -> dict | None:
         """Ends the body (if still parked) and drops what it held; returns its variables
-        when they go back to the caller."""
+        when they go back to the caller. `reuse_handoff`: the caller resets the native trace
+        next (nothing serves this body's handoff again), so a later mediator may take it."""
         handoff = self._handoff
         try:
             while handoff.busy:
@@ -104,6 +114,8 @@ class Mediator:
             if self._worker is not None:
                 POOL.release(self._worker)
                 self._worker = None
+            elif reuse_handoff and not handoff.busy and len(_SPARE_HANDOFFS) < _MAX_SPARE_HANDOFFS:
+                _SPARE_HANDOFFS.append(handoff)
             namespace = self._namespace
             self._namespace = self._body = self._nested_sources = None
             if self.history:

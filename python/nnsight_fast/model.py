@@ -137,6 +137,7 @@ class ModelTarget:
         self.result_location = gates.dispatcher.intern("model.result")
         self.edits = [] if edits is None else edits
         self.path_aliases = gates.naming.alias_paths
+        self.spare_traces: list = []  # native Traces of finished traces, reset, for the next ones
 
     @property
     def module(self) -> torch.nn.Module:

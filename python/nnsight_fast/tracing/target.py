@@ -6,6 +6,7 @@
         result_location = dispatcher.intern("model.result")
         edits = []                               # persistent edits (tracing/edit.py), run first
         path_aliases = {}                        # alias path -> real path (rename=)
+        spare_traces = []                        # finished native Traces (reset), reused by the next traces
         module = net                             # the wrapped torch module
         def prepare_batch(self, inputs, load=True):   # [(args, kwargs)] per invoke -> one batch
             return args, kwargs, sizes               # sizes: each invoke's rows, in order
@@ -30,6 +31,7 @@ class TraceTarget(Protocol):
     result_location: int
     edits: list
     path_aliases: dict[str, str]
+    spare_traces: list  # finished `_native.Trace`s, reset, that the next traces of this model reuse
 
     @property
     def module(self) -> torch.nn.Module:

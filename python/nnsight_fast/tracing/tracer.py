@@ -194,7 +194,10 @@ class Tracer(CapturedBlock):
                     "`tracer.invoke(x)` with an input"
                 )
         args, kwargs, sizes = target.prepare_batch([invoke.inputs for invoke in with_inputs], self.loads_model)
-        native = _native.Trace(target.dispatcher)
+        try:  # the model's last trace, reset: no new native object per trace (pop: atomic between threads)
+            native = target.spare_traces.pop()
+        except IndexError:
+            native = _native.Trace(target.dispatcher)
         native.set_batch(sum(sizes), len(with_inputs))
         threaded = target.dispatcher.threaded
         # Saves go straight into self._saved unless a session or an outer trace must see each one
@@ -220,10 +223,13 @@ class Tracer(CapturedBlock):
             namespaces = self._namespaces
             failed = False
             for mediator in mediators:
-                namespace = mediator.finish()
+                namespace = mediator.finish(reuse_handoff=True)
                 if namespace is not None:
                     namespaces.append(namespace)
                 failed = failed or mediator.error is not None
+            native.reset()  # drops what the run held (the bodies' handoffs, cache sinks)
+            if len(target.spare_traces) < 2:
+                target.spare_traces.append(native)
             if failed:
                 _raise_late_interrupt(mediators)
 
@@ -232,10 +238,10 @@ class Tracer(CapturedBlock):
         model_error: BaseException | None = None
         native.activate()
         self._native = native
-        for request in self._caches:  # declared at trace level, before the run
-            self._register_cache(request)
         self.running = True
         try:
+            for request in self._caches:  # declared at trace level, before the run
+                self._register_cache(request)
             for mediator in mediators:
                 if mediator.start():
                     raise Abort()
