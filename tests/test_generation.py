@@ -126,7 +126,7 @@ def test_streamer_lines_up_with_the_models_steps(lm):
 def test_a_step_the_run_never_makes_warns_and_ends_the_loop(lm):
     # named as nnsight names it, so warning filters written for nnsight keep working
     with pytest.warns(UserWarning, match=r"'model\.transformer\.h\.0\.output\.i3' was never reached.*step 3 but the "
-                                         r"run made only 3"):
+                                         r"run made only 3") as warned:
         with lm.generate(PROMPT, max_new_tokens=3, do_sample=False) as tracer:
             steps = []
             for step in tracer.iter[0:10]:
@@ -135,6 +135,7 @@ def test_a_step_the_run_never_makes_warns_and_ends_the_loop(lm):
             steps.save()
             after = tracer.result.save()
     assert steps == [0, 1, 2, 3] and after.shape[1] > 3
+    assert warned[0].filename == __file__  # attributed to the user's `with` line, not to nnsight_fast
 
 
 def test_open_loops_end_quietly_and_never_spin(lm):

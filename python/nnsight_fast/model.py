@@ -138,6 +138,11 @@ class ModelTarget:
         self.edits = [] if edits is None else edits
         self.path_aliases = gates.naming.alias_paths
         self.spare_traces: list = []  # native Traces of finished traces, reset, for the next ones
+        # What the model's class keeps of NNsight's defaults (their calls are skipped)
+        cls = type(model)
+        self._prepares = cls._prepare_run is not NNsight._prepare_run
+        self._plain_inputs = cls._prepare_inputs is NNsight._prepare_inputs
+        self._plain_run = cls._run is NNsight._run
 
     @property
     def module(self) -> torch.nn.Module:
@@ -148,10 +153,12 @@ class ModelTarget:
         """The invokes' inputs as one batch: (args, kwargs, each invoke's batch size); with
         `load`, readies the model first (a lazy model loads its weights)."""
         model = self._model()
-        if load:
+        if load and self._prepares:
             model._prepare_run()
         if len(inputs) == 1:
             args, kwargs = inputs[0]
+            if self._plain_inputs:
+                return args, kwargs, (_batch_size(args, kwargs),)
             args, kwargs, size = model._prepare_inputs(*args, **kwargs)
             return args, kwargs, (size,)
         prepared = [model._prepare_inputs(*args, **kwargs) for args, kwargs in inputs]
@@ -160,7 +167,8 @@ class ModelTarget:
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Runs the model on the batch."""
-        return self._model()._run(args, kwargs)
+        model = self._model()
+        return model._module(*args, **kwargs) if self._plain_run else model._run(args, kwargs)
 
 
 class CallTarget(ModelTarget):

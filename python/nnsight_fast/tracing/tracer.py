@@ -203,6 +203,7 @@ class Tracer(CapturedBlock):
         # Saves go straight into self._saved unless a session or an outer trace must see each one
         saves_into = self._saved if self._session is None and self._outer is None else None
         mediators = self.mediators
+        model_error: BaseException | None = None
         try:
             for edit in target.edits:  # persistent edits run first, over the whole batch
                 mediators.append(Mediator(self, edit.body, native, (0, -1), threaded=threaded, collects=False,
@@ -217,7 +218,42 @@ class Tracer(CapturedBlock):
                     if invoke.inputs is None:  # no input: the whole batch
                         mediators.append(Mediator(self, invoke.body, native, (0, -1), threaded=threaded,
                                                   saves_into=saves_into))
-            self._interleave(native, args, kwargs)
+            # ---- the run: bodies and model in step ----
+            native.activate()
+            self._native = native
+            self.running = True
+            try:
+                for request in self._caches:  # declared at trace level, before the run
+                    self._register_cache(request)
+                for mediator in mediators:
+                    if mediator.start():
+                        raise Abort()
+                    native.resume_released()
+                result = self._call_model(args, kwargs)
+                if native.parked:
+                    self._end_loops()  # before the result is served: the code after a loop may ask for it
+                native.serve(target.result_location, result)
+                if native.parked:
+                    self._end_unserved_requests()
+            except Abort:
+                pass
+            except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
+                model_error = error
+            finally:
+                self.running = False
+                self._native = None
+                native.deactivate()
+                if native.parked:
+                    for mediator in mediators:
+                        if mediator.busy:
+                            mediator.cancel()
+            failed = False
+            for mediator in mediators:
+                if mediator.error is not None:
+                    failed = True
+                    break
+            if failed or model_error is not None or self._cache_records or self._warnings:
+                self._report(mediators, model_error)
         finally:
             self.mediators = []
             namespaces = self._namespaces
@@ -233,37 +269,8 @@ class Tracer(CapturedBlock):
             if failed:
                 _raise_late_interrupt(mediators)
 
-    def _interleave(self, native, args: tuple, kwargs: dict) -> None:
-        mediators = self.mediators
-        model_error: BaseException | None = None
-        native.activate()
-        self._native = native
-        self.running = True
-        try:
-            for request in self._caches:  # declared at trace level, before the run
-                self._register_cache(request)
-            for mediator in mediators:
-                if mediator.start():
-                    raise Abort()
-                native.resume_released()
-            result = self._call_model(args, kwargs)
-            if native.parked:
-                self._end_loops()  # before the result is served: the code after a loop may ask for it
-            native.serve(self.target.result_location, result)
-            if native.parked:
-                self._end_unserved_requests()
-        except Abort:
-            pass
-        except BaseException as error:  # noqa: BLE001 - the model's own error, or Ctrl-C
-            model_error = error
-        finally:
-            self.running = False
-            self._native = None
-            native.deactivate()
-            if native.parked:
-                for mediator in mediators:
-                    if mediator.busy:
-                        mediator.cancel()
+    def _report(self, mediators: list, model_error: BaseException | None) -> None:
+        """After the run: fills the caches, warns, and raises the first body's error (else the model's)."""
         if self._cache_records:
             for cache, records in self._cache_records:
                 cache._fill(records)
