@@ -186,6 +186,7 @@ class Tracer(CapturedBlock):
         invokes = self._invokes
         if len(invokes) == 1 and invokes[0].inputs is not None:  # the usual trace: one body over its inputs
             with_inputs = invokes
+            inputs = [invokes[0].inputs]
         else:
             with_inputs = [invoke for invoke in invokes if invoke.inputs is not None]
             if not with_inputs:
@@ -193,7 +194,8 @@ class Tracer(CapturedBlock):
                     "Nothing to run: give the trace an input (`model.trace(x)`) or open at least one "
                     "`tracer.invoke(x)` with an input"
                 )
-        args, kwargs, sizes = target.prepare_batch([invoke.inputs for invoke in with_inputs], self.loads_model)
+            inputs = [invoke.inputs for invoke in with_inputs]
+        args, kwargs, sizes = target.prepare_batch(inputs, self.loads_model)
         try:  # the model's last trace, reset: no new native object per trace (pop: atomic between threads)
             native = target.spare_traces.pop()
         except IndexError:
