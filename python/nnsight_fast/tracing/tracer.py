@@ -180,6 +180,9 @@ class Tracer(CapturedBlock):
 
     # ---- running ----
     loads_model = True  # False: the run needs no weights (model.scan)
+    # A subclass's own run of the model, `_call_model(args, kwargs)` (generate, fake tensors);
+    # None: the target's run.
+    _call_model = None
 
     def _execute(self) -> None:
         target = self.target
@@ -231,7 +234,8 @@ class Tracer(CapturedBlock):
                     if mediator.start():
                         raise Abort()
                     native.resume_released()
-                result = self._call_model(args, kwargs)
+                call_model = self._call_model
+                result = target.run(args, kwargs) if call_model is None else call_model(args, kwargs)
                 if native.parked:
                     self._end_loops()  # before the result is served: the code after a loop may ask for it
                 native.serve(target.result_location, result)
@@ -293,10 +297,6 @@ class Tracer(CapturedBlock):
                 raise failure
         if model_error is not None:
             raise model_error
-
-    def _call_model(self, args: tuple, kwargs: dict) -> Any:
-        """Runs the model (a subclass: generate, or on fake tensors)."""
-        return self.target.run(args, kwargs)
 
     def _end_loops(self) -> None:
         """The model made its last step: loops waiting for another step end there, and the
