@@ -143,4 +143,32 @@ PyObject* widen_value(PyObject* full, PyObject* part, const MediatorSlot& slot, 
   });
 }
 
+int64_t inputs_batch_size(PyObject* args, PyObject* kwargs) {
+  auto rows = [](PyObject* value) -> int64_t {  // -2: not a tensor with a dimension
+    if (!THPVariable_Check(value)) return -2;
+    const at::Tensor& tensor = THPVariable_Unpack(value);
+    return tensor.dim() > 0 ? tensor.size(0) : -2;
+  };
+  try {
+    if (args != nullptr && PyTuple_Check(args)) {
+      for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) {
+        const int64_t size = rows(PyTuple_GET_ITEM(args, i));
+        if (size != -2) return size;
+      }
+    }
+    if (kwargs != nullptr && PyDict_Check(kwargs)) {
+      Py_ssize_t position = 0;
+      PyObject *key, *value;
+      while (PyDict_Next(kwargs, &position, &key, &value)) {
+        const int64_t size = rows(value);
+        if (size != -2) return size;
+      }
+    }
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return -1;
+  }
+  return 1;
+}
+
 }  // namespace nnsight_fast

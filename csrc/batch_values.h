@@ -19,5 +19,8 @@ PyObject* narrow_value(PyObject* value, const MediatorSlot& slot, int64_t batch_
 // The cache's copy of a nested value (cache_copy on every tensor).
 PyObject* copy_value(PyObject* value, const CopySpec& spec);
 PyObject* widen_value(PyObject* full, PyObject* part, const MediatorSlot& slot, int64_t batch_size);
+// The batch size of a call's inputs: dim 0 of the first tensor with a dimension (positional
+// arguments first, then keyword ones), 1 when there is none; -1 with a Python error set.
+int64_t inputs_batch_size(PyObject* args, PyObject* kwargs);
 
 }  // namespace nnsight_fast

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "dispatcher.h"
+#include "batch_values.h"
 #include "body_request.h"
 #include "gate.h"
 #include "module_call.h"
@@ -115,7 +116,19 @@ PyObject* set_current_mediator_function(PyObject*, PyObject* mediator) {
   Py_RETURN_NONE;
 }
 
+// batch_size(args, kwargs): dim 0 of the first tensor with a dimension among a call's inputs (1: none).
+PyObject* batch_size_function(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "batch_size(args, kwargs)");
+    return nullptr;
+  }
+  const int64_t size = inputs_batch_size(args[0], args[1]);
+  return size < 0 ? nullptr : PyLong_FromLongLong(size);
+}
+
 PyMethodDef raw_functions[] = {
+    {"batch_size", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(batch_size_function)), METH_FASTCALL,
+     "batch_size(args, kwargs): dim 0 of the first tensor with a dimension among a call's inputs (1: none)."},
     {"current_mediator", current_mediator_function, METH_NOARGS,
      "The mediator whose body runs on this thread (None outside bodies)."},
     {"set_current_mediator", set_current_mediator_function, METH_O,

@@ -359,3 +359,13 @@ def test_a_trace_inside_another_trace(clean):
     assert torch.allclose(inner, net(x + 1)) and torch.allclose(outer, net(x))
     clean(model, x, net(x))
     clean(other, x, net2(x))
+
+
+def test_batch_size_of_a_calls_inputs():
+    # NNsight's default: dim 0 of the first tensor with a dimension, positional arguments first
+    from nnsight_fast.model import _batch_size
+    scalar, rows3, rows5 = torch.tensor(1.0), torch.zeros(3, 2), torch.zeros(5)
+    assert _batch_size((scalar, rows3), {"x": rows5}) == 3
+    assert _batch_size((scalar, "text"), {"flag": True, "x": rows5}) == 5
+    assert _batch_size((), {}) == 1 and _batch_size((scalar,), {}) == 1
+    assert _batch_size((torch.nn.Parameter(torch.zeros(4, 1)),), {}) == 4  # tensor subclasses count

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import _native
 from .envoy import Envoy
 from .tracing.edit import EditTracer, export_edits, import_edits
 from .tracing.scan import ScanTracer
@@ -183,11 +184,6 @@ class CallTarget(ModelTarget):
         return self._fn(*args, **kwargs)
 
 
-def _batch_size(args: tuple, kwargs: dict) -> int:
-    for value in args:
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    for value in kwargs.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    return 1
+# The batch size of a call's inputs: dim 0 of the first tensor with a dimension (positional
+# arguments first, then keyword ones), 1 when there is none (csrc/batch_values.cpp).
+_batch_size = _native.batch_size
