@@ -82,16 +82,25 @@ class Tracer(CapturedBlock):
             else:
                 self._run_trace_body(body)
             self._execute()
+        except EarlyStop:  # tracer.stop(): what was saved so far is kept
+            pass
         except BaseException as failure:  # noqa: BLE001 - re-raised with a clean traceback
-            if isinstance(failure, EarlyStop):
-                self._write_back(body.frame)
-                return
             if not CONFIG.APP.DEBUG:
                 failure = failure.with_traceback(strip_library_frames(failure.__traceback__))
             raise failure
         finally:
             self._invokes.clear()
-        self._write_back(body.frame)
+        # The caller's variables get the values marked .save() (in a session, every variable)
+        saved, namespaces = self._saved, self._namespaces
+        if saved or self._session is not None:
+            if self._session is None:
+                values = _native.pick_saved(namespaces, saved)
+            else:
+                values = {name: value for namespace in namespaces for name, value in namespace.items()
+                          if not name.startswith("__nnsight_fast") or saved.get(id(value)) is value}
+            self._saved = {}
+            write_back(body.frame, values)
+        namespaces.clear()
 
     def _run_trace_body(self, body) -> None:
         previous = enter_scope(self)
@@ -314,20 +323,6 @@ class Tracer(CapturedBlock):
             mediator.end_waits()
             if mediator.busy and mediator.at_barrier is not None:
                 mediator.cancel(ValueError(mediator.at_barrier.missing_message()))
-
-    def _write_back(self, frame) -> None:
-        saved = self._saved
-        if not saved and self._session is None:
-            self._namespaces.clear()
-            return
-        if self._session is None:
-            values = _native.pick_saved(self._namespaces, saved)
-        else:  # in a session every variable flows on
-            values = {name: value for namespace in self._namespaces for name, value in namespace.items()
-                      if not name.startswith("__nnsight_fast") or saved.get(id(value)) is value}
-        self._namespaces.clear()
-        self._saved = {}
-        write_back(frame, values)
 
 
 def _raise_late_interrupt(mediators: list) -> None:
