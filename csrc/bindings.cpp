@@ -58,15 +58,18 @@ py::object steal_or_throw(PyObject* value) {
 // made inside one of its calls would interleave them.
 PyTypeObject* g_greenlet_handoff_type = nullptr;  // set once the class is registered
 
+// The C++ object of a pybind11 instance of exactly `type`, without pybind11's cast
+// machinery (a simple-layout instance holds the object's pointer directly); nullptr otherwise.
+template <typename T>
+T* held_by(PyObject* object, PyTypeObject* type) {
+  if (Py_TYPE(object) != type) return nullptr;
+  auto* instance = reinterpret_cast<py::detail::instance*>(object);
+  return instance->simple_layout ? static_cast<T*>(instance->simple_value_holder[0]) : nullptr;
+}
+
 Handoff* as_handoff(PyObject* object) {
-  // The common case without pybind11's cast machinery: a GreenletHandoff instance
-  // (a simple-layout pybind11 instance holds its C++ object's pointer directly).
-  if (Py_TYPE(object) == g_greenlet_handoff_type) {
-    auto* instance = reinterpret_cast<py::detail::instance*>(object);
-    if (instance->simple_layout && instance->simple_value_holder[0] != nullptr)
-      return static_cast<GreenletHandoff*>(instance->simple_value_holder[0]);
-  }
-  try {
+  if (GreenletHandoff* handoff = held_by<GreenletHandoff>(object, g_greenlet_handoff_type)) return handoff;
+  try {  // a ThreadHandoff
     return py::handle(object).cast<Handoff*>();
   } catch (const py::cast_error&) {
     PyErr_SetString(PyExc_TypeError, "expected a Handoff");
@@ -157,13 +160,9 @@ namespace {
 PyTypeObject* g_trace_type = nullptr;  // set once the class is registered
 
 Trace* as_trace(PyObject* object) {
-  if (Py_TYPE(object) == g_trace_type) {
-    auto* instance = reinterpret_cast<py::detail::instance*>(object);
-    if (instance->simple_layout && instance->simple_value_holder[0] != nullptr)
-      return static_cast<Trace*>(instance->simple_value_holder[0]);
-  }
-  PyErr_SetString(PyExc_TypeError, "expected a Trace");
-  return nullptr;
+  Trace* trace = held_by<Trace>(object, g_trace_type);
+  if (trace == nullptr) PyErr_SetString(PyExc_TypeError, "expected a Trace");
+  return trace;
 }
 
 bool expect_args(Py_ssize_t nargs, Py_ssize_t wanted, const char* usage) {
@@ -208,27 +207,25 @@ PyObject* trace_activate(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+void deactivate(Trace* trace) {
+  if (!trace->active) return;
+  set_active_trace(trace->previous);
+  trace->state.dispatcher()->trace_ended(&trace->state);
+  trace->previous = nullptr;
+  trace->active = false;
+}
+
 PyObject* trace_deactivate(PyObject* self, PyObject*) {
   Trace* trace = as_trace(self);
   if (trace == nullptr) return nullptr;
-  if (trace->active) {
-    set_active_trace(trace->previous);
-    trace->state.dispatcher()->trace_ended(&trace->state);
-    trace->previous = nullptr;
-    trace->active = false;
-  }
+  deactivate(trace);
   Py_RETURN_NONE;
 }
 
 PyObject* trace_reset(PyObject* self, PyObject*) {
   Trace* trace = as_trace(self);
   if (trace == nullptr) return nullptr;
-  if (trace->active) {  // a run that failed before its own deactivate
-    set_active_trace(trace->previous);
-    trace->state.dispatcher()->trace_ended(&trace->state);
-    trace->active = false;
-  }
-  trace->previous = nullptr;
+  deactivate(trace);  // a run that failed before its own deactivate
   trace->state.reset();
   trace->handoffs.clear();
   trace->sinks.clear();

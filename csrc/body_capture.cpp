@@ -14,7 +14,7 @@
 namespace nnsight_fast {
 namespace {
 
-PyObject* g_find_site = nullptr;   // find_site(filename, line, code) -> site (Python)
+PyObject* g_find_site = nullptr;   // find_site(filename, line) -> site (Python)
 PyObject* g_drop_context = nullptr;  // drop_context(failure, skip): unchains a body's error from SkipBody
 PyObject* g_default_entered = nullptr;  // CapturedBlock.entered (returns the block itself)
 PyObject* s_capture = nullptr;     // "_capture"
@@ -112,10 +112,6 @@ PyObject* capture_call(PyObject* self, PyObject* args, PyObject*) {
   return Py_NewRef(self);
 }
 
-PyThreadState* thread_state() { return PyThreadState_Get(); }
-
-Py_tracefunc thread_trace_function(PyThreadState* state) { return state->c_tracefunc; }
-
 bool set_sys_trace(PyObject* trace) {
   PyObject* settrace = PySys_GetObject("settrace");  // borrowed
   if (settrace == nullptr) {
@@ -129,8 +125,8 @@ bool set_sys_trace(PyObject* trace) {
 }
 
 bool arm(CaptureObject* capture) {
-  PyThreadState* state = thread_state();
-  Py_tracefunc current = thread_trace_function(state);
+  PyThreadState* state = PyThreadState_Get();
+  Py_tracefunc current = state->c_tracefunc;
   if (current == skip_trace) {  // a capture armed and never disarmed (its block failed before the body)
     PyEval_SetTrace(nullptr, nullptr);
     current = nullptr;
@@ -160,8 +156,8 @@ bool disarm(CaptureObject* capture) {
   if (!capture->armed) return true;
   capture->armed = false;
   if (capture->on_thread) {
-    PyThreadState* state = thread_state();
-    if (thread_trace_function(state) == skip_trace && state->c_traceobj == reinterpret_cast<PyObject*>(capture))
+    PyThreadState* state = PyThreadState_Get();
+    if (state->c_tracefunc == skip_trace && state->c_traceobj == reinterpret_cast<PyObject*>(capture))
       PyEval_SetTrace(nullptr, nullptr);
     return !PyErr_Occurred();
   }
@@ -183,7 +179,7 @@ const Site* site_of(PyFrameObject* frame) {
   }
   PyObject* line_object = PyLong_FromLong(line);
   PyObject* site = line_object == nullptr ? nullptr
-      : PyObject_CallFunctionObjArgs(g_find_site, code->co_filename, line_object, code, nullptr);
+      : PyObject_CallFunctionObjArgs(g_find_site, code->co_filename, line_object, nullptr);
   Py_XDECREF(line_object);
   if (site == nullptr) {
     Py_DECREF(code);

@@ -13,7 +13,7 @@
 // Arming installs a C trace function on the thread (no Python call per event) that raises
 // SkipBody as the body's first line starts in `frame`. When the thread already has a trace
 // function (a debugger, coverage), that one stays and the capture is the frame's own trace
-// function instead, as a callable. `find_site(filename, line, code)` (Python) parses the
+// function instead, as a callable. `find_site(filename, line)` (Python) parses the
 // `with` statement once per code object and line; the site gives the body's first line,
 // the names it reads, a dict of compiled bodies and `compile(parameters, late)`.
 #pragma once

@@ -11,7 +11,6 @@ PyObject* s_body = nullptr;          // "_body"
 PyObject* s_collect = nullptr;       // "_collect"
 PyObject* s_run = nullptr;           // "run"
 PyObject* s_deferred = nullptr;      // "_deferred"
-PyObject* s_run_deferred = nullptr;  // "_run_deferred"
 PyObject* s_error = nullptr;         // "error"
 PyObject* s_handoff = nullptr;       // "_handoff"
 PyObject* s_namespace = nullptr;     // "_namespace"
@@ -25,11 +24,7 @@ PyObject* run_body(PyObject* mediator) {
   Py_XDECREF(collect);
   if (result == nullptr) return nullptr;
   Py_DECREF(result);
-  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);
-  if (deferred == nullptr) return nullptr;
-  const bool has_deferred = deferred != Py_None;
-  Py_DECREF(deferred);
-  if (has_deferred) return PyObject_CallMethodNoArgs(mediator, s_run_deferred);
+  if (!run_deferred_actions(mediator)) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -82,8 +77,8 @@ bool add_body_job(PyObject* module) {
     PyObject** slot;
     const char* text;
   } names[] = {{&s_body, "_body"},         {&s_collect, "_collect"}, {&s_run, "run"},
-               {&s_deferred, "_deferred"}, {&s_run_deferred, "_run_deferred"},
-               {&s_error, "error"},        {&s_handoff, "_handoff"},       {&s_namespace, "_namespace"}};
+               {&s_deferred, "_deferred"}, {&s_error, "error"},      {&s_handoff, "_handoff"},
+               {&s_namespace, "_namespace"}};
   for (const Name& name : names) {
     *name.slot = PyUnicode_InternFromString(name.text);
     if (*name.slot == nullptr) return false;

@@ -191,6 +191,14 @@ int64_t occurrence_of(PyObject* mediator, PyObject* path) {
   return iteration + offset;
 }
 
+bool run_deferred_actions(PyObject* mediator) {
+  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);
+  if (deferred == nullptr) return false;
+  const bool has_deferred = deferred != Py_None;
+  Py_DECREF(deferred);
+  return !has_deferred || call_method(mediator, s_run_deferred);
+}
+
 namespace {
 
 PyObject* request_through(PyObject* mediator, PyObject* handoff_object, int location, int64_t occurrence) {
@@ -199,11 +207,7 @@ PyObject* request_through(PyObject* mediator, PyObject* handoff_object, int loca
   if (PyObject* last = handoff->last_value(location, occurrence)) return Py_NewRef(last);
   handoff->count_request();
 
-  PyObject* deferred = PyObject_GetAttr(mediator, s_deferred);  // actions before the body's turn ends
-  if (deferred == nullptr) return nullptr;
-  const bool has_deferred = deferred != Py_None;
-  Py_DECREF(deferred);
-  if (has_deferred && !call_method(mediator, s_run_deferred)) return nullptr;
+  if (!run_deferred_actions(mediator)) return nullptr;
 
   PyObject* value = handoff->request(location, occurrence);
   if (value == nullptr) {

@@ -27,6 +27,10 @@ Handoff* handoff_of(PyObject* object);
 // interns the attribute names.
 bool add_value_read_type(PyObject* module);
 
+// Runs the mediator's deferred actions (`_run_deferred()`, when `_deferred` is not None):
+// what must happen before the body's turn ends. False with an error set when one failed.
+bool run_deferred_actions(PyObject* mediator);
+
 // Mediator.request: the value at (location, occurrence) for `mediator`'s body; parks until
 // the model gets there. New reference, or nullptr with an error set.
 PyObject* mediator_request(PyObject* mediator, int location, int64_t occurrence);

@@ -242,7 +242,7 @@ def _statement_lines(lines: list[str], start: int, indent: str) -> list[str] | N
     return None
 
 
-def _find_site(filename: str, line: int, code: types.CodeType | None = None) -> _Site:
+def _find_site(filename: str, line: int) -> _Site:
     """The innermost `with` statement whose header spans `line` (the native capture asks once
     per code object and line)."""
     statement = _block_at(filename, line)
